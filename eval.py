@@ -1,0 +1,19 @@
+"""Evaluate a checkpoint on a split: `python eval.py ckpt_path=<file.ckpt> split=test`."""
+
+from __future__ import annotations
+
+import hydra
+from omegaconf import DictConfig
+
+from medclass.cli import report_user_errors
+from medclass.runner import evaluate
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="eval")
+@report_user_errors
+def main(cfg: DictConfig) -> None:
+    evaluate(cfg)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,3 @@
+"""medclass: medical image classification with PyTorch Lightning and Hydra."""
+
+__version__ = "0.1.0"

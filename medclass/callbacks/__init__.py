@@ -1,0 +1,5 @@
+"""Callbacks of our own; the rest in `conf/callbacks/` are Lightning's."""
+
+from medclass.callbacks.sample_grid import AugmentedSampleGrid
+
+__all__ = ["AugmentedSampleGrid"]

@@ -1,0 +1,195 @@
+"""The DataModule every dataset shares: splits in, augmented DataLoaders out.
+
+A subclass only says how to load its splits (`load_splits`) and what they are (`describe`);
+channel conversion, normalization statistics, transforms and loaders live here once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import cv2
+import lightning as L
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, get_worker_info
+
+from medclass.augment import eval_transform
+from medclass.errors import MedclassError
+
+SPLITS = ("train", "val", "test")
+TASKS = ("multi-class", "binary-class", "multi-label", "ordinal-regression")
+
+
+@dataclass
+class DataInfo:
+    """What a model and a checkpoint need to know about the data; plain values only."""
+
+    task: str
+    class_names: list[str]
+    in_chans: int
+    image_size: int
+    mean: list[float] = field(default_factory=list)
+    std: list[float] = field(default_factory=list)
+    symmetry: str = "sided"
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class ArrayDataset(Dataset):
+    """uint8 images (N, H, W[, C]) with labels; the transform turns one image into a tensor."""
+
+    def __init__(self, images: np.ndarray, labels: np.ndarray, transform: Callable[..., dict]) -> None:
+        self.images, self.labels, self.transform = images, labels, transform
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.transform(image=self.images[index])["image"], torch.as_tensor(self.labels[index])
+
+
+def init_worker(worker_id: int) -> None:
+    """One OpenCV thread per worker, and a distinct augmentation stream per worker and epoch."""
+    cv2.setNumThreads(0)
+    info = get_worker_info()
+    transform = getattr(info.dataset, "transform", None) if info else None
+    if hasattr(transform, "set_random_seed"):
+        transform.set_random_seed(torch.initial_seed() % 2**32)
+
+
+def to_channels(images: np.ndarray, channels: int) -> np.ndarray:
+    """(N, H, W) or (N, H, W, C) uint8 to (N, H, W, channels); grey is repeated, colour averaged."""
+    if images.ndim == 3:
+        images = images[..., None]
+    have = images.shape[-1]
+    if have == channels:
+        return images
+    if have == 1 and channels == 3:
+        return np.repeat(images, 3, axis=-1)
+    if have in (3, 4) and channels == 1:
+        rgb = images[..., :3].astype(np.float32)
+        return (rgb @ np.array([0.299, 0.587, 0.114], np.float32)).round().astype(np.uint8)[..., None]
+    raise MedclassError(f"cannot convert {have}-channel images to {channels} channels; use 1 or 3")
+
+
+def channel_stats(images: np.ndarray) -> tuple[list[float], list[float]]:
+    """Per-channel mean and std of uint8 (N, H, W, C) images, in 0..255 units divided by 255."""
+    flat = images.reshape(-1, images.shape[-1]).astype(np.float64) / 255.0
+    std = np.maximum(flat.std(0), 1e-3)
+    return flat.mean(0).round(4).tolist(), std.round(4).tolist()
+
+
+def encode_labels(labels: np.ndarray, task: str) -> np.ndarray:
+    """Integer class indices for single-label tasks, float 0/1 rows for multi-label."""
+    if task == "multi-label":
+        return labels.astype(np.float32)
+    return labels.reshape(len(labels), -1)[:, 0].astype(np.int64)
+
+
+class ClassificationDataModule(L.LightningDataModule):
+    """Shared loaders; `augment` is the partial from `conf/augment/` (None: no augmentation)."""
+
+    def __init__(
+        self,
+        batch_size: int = 128,
+        eval_batch_size: int | None = None,
+        num_workers: int = 2,
+        augment: Callable[..., Any] | None = None,
+        image_size: int | None = None,
+        in_chans: int | None = None,
+        mean: list[float] | None = None,
+        std: list[float] | None = None,
+        pin_memory: bool = False,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        if batch_size < 1:
+            raise MedclassError(f"data.batch_size={batch_size} must be at least 1")
+        if num_workers < 0:
+            raise MedclassError(f"data.num_workers={num_workers} must be 0 or more")
+        self.batch_size, self.eval_batch_size = batch_size, eval_batch_size or batch_size
+        self.num_workers, self.pin_memory, self.seed = num_workers, pin_memory, seed
+        self.augment, self.image_size, self.in_chans = augment, image_size, in_chans
+        self.mean, self.std = mean, std
+        self.datasets: dict[str, ArrayDataset] = {}
+        self._info: DataInfo | None = None
+
+    # -- what a subclass provides -------------------------------------------------------------
+    def describe(self) -> DataInfo:
+        """Task, class names, native channels and size (mean/std are filled in here)."""
+        raise NotImplementedError
+
+    def load_splits(self) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        """uint8 images and raw labels for each split in SPLITS."""
+        raise NotImplementedError
+
+    # -- shared machinery ---------------------------------------------------------------------
+    @property
+    def info(self) -> DataInfo:
+        """Data facts for the model; calls setup() first if needed (normalization needs train)."""
+        if self._info is None:
+            self.setup()
+        assert self._info is not None
+        return self._info
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.datasets:
+            return
+        info = self.describe()
+        splits = self.load_splits()
+        chans = self.in_chans or info.in_chans
+        arrays = {s: to_channels(x, chans) for s, (x, _) in splits.items()}
+        labels = {s: encode_labels(y, info.task) for s, (_, y) in splits.items()}
+        mean, std = channel_stats(arrays["train"]) if self.mean is None else (self.mean, self.std)
+        if len(mean) != chans or len(std) != chans:
+            raise MedclassError(f"data.mean/data.std need {chans} values each, got {mean} and {std}")
+        info.in_chans, info.mean, info.std = chans, list(mean), list(std)
+        info.image_size = self.image_size or info.image_size
+        size = self.image_size if self.image_size and self.image_size != arrays["train"].shape[1] else None
+        plain = eval_transform(size, info.mean, info.std)
+        train_tf = (
+            self.augment(image_size=size, mean=info.mean, std=info.std, symmetry=info.symmetry, seed=self.seed)
+            if self.augment is not None
+            else plain
+        )
+        for split in SPLITS:
+            self.datasets[split] = ArrayDataset(arrays[split], labels[split], train_tf if split == "train" else plain)
+        self.datasets["train_eval"] = ArrayDataset(arrays["train"], labels["train"], plain)
+        self._info = info
+
+    def _loader(self, split: str, train: bool = False) -> DataLoader:
+        dataset = self.datasets[split]
+        return DataLoader(
+            dataset,
+            batch_size=self.batch_size if train else self.eval_batch_size,
+            shuffle=train,
+            drop_last=train and len(dataset) > self.batch_size,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+            pin_memory=self.pin_memory,
+            worker_init_fn=init_worker,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", train=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val")
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test")
+
+    def split_dataloader(self, split: str) -> DataLoader:
+        """Un-augmented loader for any split, for evaluation (`train` gives plain train images)."""
+        if split not in SPLITS:
+            raise MedclassError(f"split={split!r} is not one of {SPLITS}")
+        self.setup()
+        return self._loader("train_eval" if split == "train" else split)

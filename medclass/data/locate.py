@@ -1,0 +1,57 @@
+"""Find a dataset file on disk, or download it when the network allows.
+
+Search order: the explicit root (config), then ``$MEDCLASS_DATA/<subdir>``, then the library's
+default folder. A missing file is downloaded (MD5-checked) into the first candidate folder; offline,
+the run stops with one message naming the file, every place searched and how to provide it.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from medclass.errors import MedclassError
+
+DATA_ENV = "MEDCLASS_DATA"
+
+
+def candidate_dirs(root: str | os.PathLike | None, subdir: str, default: str | os.PathLike | None) -> list[Path]:
+    dirs: list[Path] = []
+    if root:
+        dirs.append(Path(root).expanduser())
+    if os.environ.get(DATA_ENV):
+        dirs.append(Path(os.environ[DATA_ENV]).expanduser() / subdir)
+    if default:
+        dirs.append(Path(default).expanduser())
+    return dirs
+
+
+def find_or_download(
+    filename: str,
+    dirs: list[Path],
+    url: str | None = None,
+    md5: str | None = None,
+    download: bool = True,
+) -> Path:
+    for folder in dirs:
+        if (folder / filename).is_file():
+            return folder / filename
+    searched = ", ".join(str(d) for d in dirs) or "(no folder configured)"
+    hint = (
+        f"put {filename} in one of those folders, set data.root=<folder>, "
+        f"or set {DATA_ENV}=<folder holding medmnist/ and the folder datasets>"
+    )
+    if not (download and url and dirs):
+        raise MedclassError(f"{filename} not found in: {searched}; {hint}")
+    target = dirs[0]
+    try:
+        from torchvision.datasets.utils import download_url
+
+        download_url(url, str(target), filename=filename, md5=md5)
+    except Exception as err:  # offline, proxy, disk: every cause ends in the same advice
+        (target / filename).unlink(missing_ok=True)
+        raise MedclassError(
+            f"{filename} not found in: {searched}; download from {url} failed "
+            f"({type(err).__name__}: {err}); {hint}"
+        ) from err
+    return target / filename

@@ -1,0 +1,5 @@
+"""Networks: `conf/model/*.yaml` instantiates one with `in_chans` and `num_classes` from the data."""
+
+from medclass.models.cnn import SimpleCNN
+
+__all__ = ["SimpleCNN"]

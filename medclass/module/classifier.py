@@ -1,0 +1,106 @@
+"""One LightningModule for every dataset and network.
+
+Its hyperparameters are plain dicts (the network, optimizer and scheduler configs and the data
+facts), so a checkpoint rebuilds the whole model by itself and loads with `weights_only=True`.
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any
+
+import lightning as L
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from medclass.module.tasks import make_loss, make_metrics, probabilities
+
+
+def to_plain(cfg: Any) -> Any:
+    return OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else cfg
+
+
+class Classifier(L.LightningModule):
+    def __init__(
+        self,
+        net: dict[str, Any],
+        data_info: dict[str, Any],
+        optimizer: dict[str, Any],
+        scheduler: dict[str, Any] | None = None,
+        label_smoothing: float = 0.0,
+        channels_last: bool = False,
+        data_cfg: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__()
+        # plain containers only: a DictConfig in hparams would need pickle to load
+        net, data_info, optimizer, scheduler, data_cfg = map(to_plain, (net, data_info, optimizer, scheduler, data_cfg))
+        self.save_hyperparameters()
+        self.task = data_info["task"]
+        self.num_classes = len(data_info["class_names"])
+        self.net = instantiate(net, in_chans=data_info["in_chans"], num_classes=self.num_classes)
+        self.loss = make_loss(self.task, label_smoothing)
+        self.train_metrics = make_metrics(self.task, self.num_classes, with_auc=False).clone(prefix="train/")
+        self.val_metrics = make_metrics(self.task, self.num_classes).clone(prefix="val/")
+        self.test_metrics = make_metrics(self.task, self.num_classes)
+        self.eval_split = "test"  # eval.py renames the test metrics after the split it evaluates
+        if channels_last:
+            self.net = self.net.to(memory_format=torch.channels_last)
+
+    @property
+    def class_names(self) -> list[str]:
+        return list(self.hparams.data_info["class_names"])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.hparams.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return self.net(x)
+
+    def predict_proba(self, x: torch.Tensor) -> torch.Tensor:
+        return probabilities(self(x), self.task)
+
+    def _step(self, batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        x, y = batch
+        logits = self(x)
+        return self.loss(logits, y), probabilities(logits.detach().float(), self.task), y
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        loss, probs, y = self._step(batch)
+        self.train_metrics.update(probs, y.long())
+        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(y))
+        self.log_dict(self.train_metrics, on_step=False, on_epoch=True, batch_size=len(y))
+        return loss
+
+    def validation_step(self, batch: Any, batch_idx: int) -> None:
+        loss, probs, y = self._step(batch)
+        self.val_metrics.update(probs, y.long())
+        self.log("val/loss", loss, on_epoch=True, prog_bar=True, batch_size=len(y))
+        self.log_dict(self.val_metrics, on_epoch=True, prog_bar=True, batch_size=len(y))
+
+    def test_step(self, batch: Any, batch_idx: int) -> None:
+        loss, probs, y = self._step(batch)
+        self.test_metrics.update(probs, y.long())
+        self.log(f"{self.eval_split}/loss", loss, on_epoch=True, batch_size=len(y))
+        for name, metric in self.test_metrics.items():
+            self.log(f"{self.eval_split}/{name}", metric, on_epoch=True, batch_size=len(y))
+
+    def predict_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        x = batch[0] if isinstance(batch, (tuple, list)) else batch
+        return self.predict_proba(x)
+
+    def configure_optimizers(self) -> Any:
+        optimizer = instantiate(self.hparams.optimizer)(params=self.parameters())
+        spec = self.hparams.scheduler
+        if not spec or not spec.get("scheduler"):
+            return optimizer
+        build = instantiate(spec["scheduler"])
+        interval = spec.get("interval", "epoch")
+        length = self.trainer.estimated_stepping_batches if interval == "step" else self.trainer.max_epochs
+        accepted = inspect.signature(build.func).parameters
+        given = build.keywords
+        auto = {k: int(length) for k in ("total_steps", "T_max") if k in accepted and given.get(k) is None}
+        scheduler = build(optimizer, **auto)
+        config = {"scheduler": scheduler, "interval": interval}
+        if spec.get("monitor"):
+            config["monitor"] = spec["monitor"]
+        return {"optimizer": optimizer, "lr_scheduler": config}

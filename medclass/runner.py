@@ -1,0 +1,123 @@
+"""What train.py and eval.py do, as functions: build from config, fit, test, write results."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+from hydra.utils import instantiate
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.loggers import TensorBoardLogger
+from omegaconf import DictConfig, OmegaConf
+
+from medclass.data import ClassificationDataModule
+from medclass.module import Classifier
+from medclass.module.classifier import to_plain as plain
+
+log = logging.getLogger("medclass")
+
+
+def instantiate_all(group: DictConfig | None) -> list[Any]:
+    """Every `_target_` entry of a callbacks/ or logger/ group, in order; empty or null entries skipped."""
+    return [instantiate(c) for c in (group or {}).values() if c and "_target_" in c]
+
+
+def write_json(path: Path, payload: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(payload, indent=2, sort_keys=True))
+    tmp.replace(path)
+
+
+def scalars(results: list[dict[str, Any]]) -> dict[str, float]:
+    return {k: round(float(v), 6) for r in results for k, v in r.items()}
+
+
+def build_trainer(cfg: DictConfig, **overrides: Any) -> L.Trainer:
+    return instantiate(cfg.trainer, **overrides)
+
+
+def train(cfg: DictConfig) -> dict[str, Any]:
+    """Seed, build, fit, validate and test the best checkpoint; writes config.yaml and metrics.json."""
+    out = Path(cfg.paths.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    OmegaConf.save(cfg, out / "config.yaml", resolve=True)
+    L.seed_everything(cfg.seed, workers=True)
+
+    datamodule: ClassificationDataModule = instantiate(cfg.data)
+    datamodule.prepare_data()
+    info = datamodule.info
+    module: Classifier = instantiate(cfg.module, data_info=info.as_dict(), data_cfg=plain(cfg.data))
+    loggers = instantiate_all(cfg.get("logger"))
+    callbacks = instantiate_all(cfg.get("callbacks"))
+    trainer = build_trainer(cfg, callbacks=callbacks, logger=loggers or False)
+    n_params = sum(p.numel() for p in module.parameters())
+    log.info("data %s (%s, %d classes, %d channels) | model %s, %.2fM parameters | output %s",
+             cfg.data.get("name", cfg.data._target_), info.task, info.num_classes, info.in_chans,
+             cfg.model._target_.rsplit(".", 1)[-1], n_params / 1e6, out)
+
+    summary: dict[str, Any] = {"output_dir": str(out), "seed": cfg.seed, "parameters": n_params}
+    if cfg.train:
+        start = time.perf_counter()
+        trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path, weights_only=True)
+        summary.update(train_seconds=round(time.perf_counter() - start, 1), epochs=trainer.current_epoch,
+                       steps=trainer.global_step)
+    ckpt = next((c for c in trainer.checkpoint_callbacks if isinstance(c, ModelCheckpoint)), None)
+    best = (ckpt.best_model_path or None) if ckpt else None
+    summary["best_checkpoint"] = best
+    metrics: dict[str, Any] = {"run": summary}
+    if cfg.train:
+        metrics["best_val"] = scalars(trainer.validate(module, datamodule=datamodule, ckpt_path=best,
+                                                       verbose=False, weights_only=True))
+    if cfg.test:
+        metrics["test"] = scalars(trainer.test(module, datamodule=datamodule, ckpt_path=best, weights_only=True))
+    write_json(out / "metrics.json", metrics)
+    log_final_hparams(loggers, cfg, metrics)
+    log.info("metrics: %s", out / "metrics.json")
+    return metrics
+
+
+def log_final_hparams(loggers: list[Any], cfg: DictConfig, metrics: dict[str, Any]) -> None:
+    """TensorBoard's HPARAMS tab: the flat config beside the final figures."""
+    final = {f"hparams/{split}/{k.split('/')[-1]}": v for split in ("best_val", "test")
+             for k, v in metrics.get(split, {}).items()}
+    flat = {k: v for k, v in _flatten(plain(cfg)).items() if k.split(".")[0] not in ("paths", "callbacks", "logger")}
+    for logger in loggers:
+        if isinstance(logger, TensorBoardLogger):
+            logger.log_hyperparams(flat, metrics=final)
+            logger.finalize("success")
+
+
+def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            flat.update(_flatten(v, key + "."))
+        else:
+            flat[key] = v if isinstance(v, (int, float, str, bool)) else str(v)
+    return flat
+
+
+def evaluate(cfg: DictConfig) -> dict[str, Any]:
+    """Evaluate a checkpoint on one split with the data config it was trained with (plus overrides)."""
+    from medclass.checkpoint import load_classifier
+
+    module = load_classifier(cfg.ckpt_path)
+    info = module.hparams.data_info
+    data_cfg = OmegaConf.merge(module.hparams.data_cfg, cfg.get("data") or {})
+    data_cfg.augment = None
+    datamodule = instantiate(data_cfg, mean=info["mean"], std=info["std"], in_chans=info["in_chans"])
+    datamodule.prepare_data()
+    module.eval_split = cfg.split
+    trainer = build_trainer(cfg, logger=False, callbacks=[])
+    results = scalars(trainer.test(module, dataloaders=datamodule.split_dataloader(cfg.split)))
+    out = Path(cfg.paths.output_dir)
+    payload = {cfg.split: results, "checkpoint": str(cfg.ckpt_path)}
+    write_json(out / "metrics.json", payload)
+    log.info("metrics: %s", out / "metrics.json")
+    return payload

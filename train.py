@@ -1,0 +1,23 @@
+"""Train, validate, test and save a classifier: `python train.py model=cnn data=medmnist`."""
+
+from __future__ import annotations
+
+import hydra
+from omegaconf import DictConfig
+
+from medclass.cli import report_user_errors
+from medclass.runner import train
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="train")
+@report_user_errors
+def main(cfg: DictConfig) -> float | None:
+    metrics = train(cfg)
+    key = cfg.get("optimized_metric")
+    split, _, name = (key or "").partition("/")
+    value = metrics.get("best_val" if split == "val" else split, {}).get(key) if key else None
+    return value
+
+
+if __name__ == "__main__":
+    main()
