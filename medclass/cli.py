@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import logging
 import os
 import sys
 from collections.abc import Callable
@@ -11,7 +10,15 @@ from typing import Any
 
 from medclass.errors import MedclassError
 
-log = logging.getLogger("medclass")
+def find_user_error(err: BaseException | None) -> MedclassError | None:
+    """The MedclassError behind `err`, also when Hydra's instantiate wrapped it."""
+    seen = set()
+    while err is not None and id(err) not in seen:
+        if isinstance(err, MedclassError):
+            return err
+        seen.add(id(err))
+        err = err.__cause__ or err.__context__
+    return None
 
 
 def report_user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -24,10 +31,11 @@ def report_user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
-        except MedclassError as err:
-            if os.environ.get("HYDRA_FULL_ERROR") == "1":
+        except Exception as err:
+            user_error = find_user_error(err)
+            if user_error is None or os.environ.get("HYDRA_FULL_ERROR") == "1":
                 raise
-            print(f"error: {err}", file=sys.stderr)
+            print(f"error: {user_error}", file=sys.stderr)
             sys.exit(2)
 
     return wrapper

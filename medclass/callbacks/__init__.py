@@ -1,5 +1,6 @@
 """Callbacks of our own; the rest in `conf/callbacks/` are Lightning's."""
 
+from medclass.callbacks.epoch_summary import EpochSummary
 from medclass.callbacks.sample_grid import AugmentedSampleGrid
 
-__all__ = ["AugmentedSampleGrid"]
+__all__ = ["AugmentedSampleGrid", "EpochSummary"]

@@ -166,6 +166,7 @@ class ClassificationDataModule(L.LightningDataModule):
         self._info = info
 
     def _loader(self, split: str, train: bool = False) -> DataLoader:
+        self.setup()
         dataset = self.datasets[split]
         return DataLoader(
             dataset,
@@ -191,5 +192,4 @@ class ClassificationDataModule(L.LightningDataModule):
         """Un-augmented loader for any split, for evaluation (`train` gives plain train images)."""
         if split not in SPLITS:
             raise MedclassError(f"split={split!r} is not one of {SPLITS}")
-        self.setup()
         return self._loader("train_eval" if split == "train" else split)

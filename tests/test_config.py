@@ -1,0 +1,69 @@
+"""Every config option composes, instantiates and runs a few real training steps."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from hydra.utils import instantiate
+
+from medclass.runner import train
+
+from .conftest import CONF, FAST, compose_train, write_npz
+
+GROUPS = ("data", "augment", "model", "module", "optimizer", "scheduler", "trainer", "callbacks", "logger",
+          "experiment", "paths", "debug")
+
+
+def options(group: str) -> list[str]:
+    return sorted(p.stem for p in (CONF / group).glob("*.yaml"))
+
+
+@pytest.fixture
+def medmnist_root(tmp_path: Path) -> Path:
+    """Synthetic stand-ins for every set the presets name."""
+    root = tmp_path / "medmnist"
+    write_npz(root, "bloodmnist", channels=3, classes=8, n=(64, 32, 32))
+    write_npz(root, "organamnist", channels=1, classes=11, n=(66, 33, 33))
+    return root
+
+
+def test_every_group_has_options() -> None:
+    for group in GROUPS:
+        assert options(group), f"conf/{group}/ is empty"
+
+
+CASES = [(g, o) for g in ("augment", "model", "optimizer", "scheduler", "callbacks", "logger", "experiment")
+         for o in options(g)]
+
+
+@pytest.mark.parametrize(("group", "option"), CASES, ids=[f"{g}={o}" for g, o in CASES])
+def test_option_trains_a_few_steps(group: str, option: str, tmp_path: Path, medmnist_root: Path) -> None:
+    cfg = compose_train([f"{group}={option}", f"data.root={medmnist_root}", *FAST], tmp_path / "run")
+    metrics = train(cfg)
+    assert 0.0 <= metrics["test"]["test/acc"] <= 1.0
+    assert json.loads((tmp_path / "run" / "metrics.json").read_text())["test"] == metrics["test"]
+
+
+@pytest.mark.parametrize("option", ["default", "cpu", "ddp"])
+def test_cpu_trainers_instantiate(option: str, tmp_path: Path) -> None:
+    cfg = compose_train([f"trainer={option}"], tmp_path)
+    trainer = instantiate(cfg.trainer, accelerator="cpu", logger=False)
+    assert trainer.max_epochs == cfg.trainer.max_epochs
+
+
+def test_gpu_trainer_uses_mixed_precision(tmp_path: Path) -> None:
+    cfg = compose_train(["trainer=gpu"], tmp_path)
+    assert cfg.trainer.precision in ("16-mixed", "bf16-mixed") and cfg.trainer.accelerator == "gpu"
+    if torch.cuda.is_available():
+        assert instantiate(cfg.trainer, logger=False).precision == cfg.trainer.precision
+
+
+def test_optimizer_and_scheduler_are_partials(tmp_path: Path) -> None:
+    for name in options("optimizer"):
+        assert compose_train([f"optimizer={name}"], tmp_path).optimizer._partial_
+    for name in options("scheduler"):
+        sched = compose_train([f"scheduler={name}"], tmp_path).scheduler
+        assert not sched or sched.scheduler._partial_

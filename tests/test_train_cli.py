@@ -1,0 +1,98 @@
+"""train.py and eval.py end to end, as a user runs them: checkpoint, metrics.json, TensorBoard, eval parity."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from .conftest import FAST, SHARED_DATA, run_script
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from .conftest import write_npz
+
+    tmp = tmp_path_factory.mktemp("cli")
+    root = tmp / "medmnist"
+    write_npz(root, "bloodmnist", channels=3, classes=8, n=(64, 32, 32))
+    out = tmp / "run"
+    proc = run_script("train.py", f"data.root={root}", f"hydra.run.dir={out}", *FAST)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return out
+
+
+def test_run_folder_has_checkpoint_metrics_and_config(trained_run: Path) -> None:
+    ckpts = sorted(p.name for p in (trained_run / "checkpoints").glob("*.ckpt"))
+    assert "last.ckpt" in ckpts and any(n.startswith("best-") for n in ckpts)
+    metrics = json.loads((trained_run / "metrics.json").read_text())
+    assert {"test/acc", "test/auc", "test/f1", "test/loss"} <= set(metrics["test"])
+    assert {"val/acc", "val/auc"} <= set(metrics["best_val"])
+    assert metrics["run"]["epochs"] == 1 and metrics["run"]["parameters"] > 0
+    assert "root:" in (trained_run / "config.yaml").read_text()  # resolved config beside the results
+    assert (trained_run / ".hydra" / "overrides.yaml").is_file()
+
+
+def test_checkpoint_holds_only_plain_values(trained_run: Path) -> None:
+    ckpt = next((trained_run / "checkpoints").glob("best-*.ckpt"))
+    state = torch.load(ckpt, map_location="cpu", weights_only=True)
+    hp = state["hyper_parameters"]
+    assert hp["data_info"]["class_names"][0] == "basophil" and hp["net"]["_target_"].endswith("SimpleCNN")
+
+
+def test_tensorboard_events_read_back(trained_run: Path) -> None:
+    events = EventAccumulator(str(trained_run / "tensorboard"), size_guidance={"images": 0})
+    events.Reload()
+    tags = events.Tags()
+    assert {"train/loss_step", "val/acc", "val/auc", "test/acc"} <= set(tags["scalars"])
+    assert "train/augmented_samples" in tags["images"]
+    assert "_hparams_/experiment" in events.PluginTagToContent("hparams")
+    assert {"hparams/test/acc", "hparams/best_val/acc"} <= set(tags["scalars"])
+
+
+def test_eval_reproduces_test_accuracy(trained_run: Path, tmp_path: Path) -> None:
+    ckpt = next((trained_run / "checkpoints").glob("best-*.ckpt"))
+    out = tmp_path / "eval"
+    proc = run_script("eval.py", f"ckpt_path={ckpt}", f"hydra.run.dir={out}", "trainer.enable_progress_bar=false",
+                      "trainer.limit_test_batches=2")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    evaluated = json.loads((out / "metrics.json").read_text())["test"]
+    trained = json.loads((trained_run / "metrics.json").read_text())["test"]
+    assert evaluated["test/acc"] == pytest.approx(trained["test/acc"], abs=1e-6)
+    assert evaluated["test/auc"] == pytest.approx(trained["test/auc"], abs=1e-6)
+
+
+def test_eval_other_split_and_missing_checkpoint(trained_run: Path, tmp_path: Path) -> None:
+    ckpt = next((trained_run / "checkpoints").glob("best-*.ckpt"))
+    proc = run_script("eval.py", f"ckpt_path={ckpt}", "split=val", f"hydra.run.dir={tmp_path / 'v'}",
+                      "trainer.enable_progress_bar=false")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "val/acc" in json.loads((tmp_path / "v" / "metrics.json").read_text())["val"]
+    proc = run_script("eval.py", f"ckpt_path={tmp_path / 'nope.ckpt'}", f"hydra.run.dir={tmp_path / 'n'}")
+    assert proc.returncode == 2 and "nope.ckpt does not exist" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_user_error_is_one_line_without_traceback(tmp_path: Path) -> None:
+    proc = run_script("train.py", "data.name=bloodmnst", f"hydra.run.dir={tmp_path}", *FAST)
+    assert proc.returncode == 2
+    assert "error: unknown MedMNIST set data.name='bloodmnst'" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_missing_data_offline_exits_with_the_message(tmp_path: Path) -> None:
+    proc = run_script("train.py", f"data.root={tmp_path / 'empty'}", "data.download=false",
+                      f"hydra.run.dir={tmp_path / 'run'}", *FAST, env={"HOME": str(tmp_path)})
+    assert proc.returncode == 2 and "bloodmnist.npz not found in" in proc.stderr and "Traceback" not in proc.stderr
+
+
+@pytest.mark.skipif(not (SHARED_DATA / "medmnist" / "breastmnist.npz").is_file(), reason="no shared BreastMNIST")
+def test_real_breastmnist_learns(tmp_path: Path) -> None:
+    """A few real epochs on BreastMNIST: the whole stack must beat chance on real ultrasound images."""
+    proc = run_script("train.py", "data.name=breastmnist", f"data.root={SHARED_DATA / 'medmnist'}",
+                      "data.num_workers=0", "data.batch_size=32", "trainer.max_epochs=20", "callbacks.progress_bar=null",
+                      "trainer.enable_progress_bar=false", f"hydra.run.dir={tmp_path}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    test = json.loads((tmp_path / "metrics.json").read_text())["test"]
+    assert test["test/auc"] > 0.7, test
