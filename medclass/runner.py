@@ -109,11 +109,14 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
 
     module = load_classifier(cfg.ckpt_path)
     info = module.hparams.data_info
-    data_cfg = OmegaConf.merge(module.hparams.data_cfg, cfg.get("data") or {})
+    overrides = {k: v for k, v in plain(cfg.get("data") or {}).items() if v is not None}
+    data_cfg = OmegaConf.merge(module.hparams.data_cfg, overrides)
     data_cfg.augment = None
     datamodule = instantiate(data_cfg, mean=info["mean"], std=info["std"], in_chans=info["in_chans"])
     datamodule.prepare_data()
     module.eval_split = cfg.split
+    if cfg.get("tta"):
+        module.tta = cfg.tta
     trainer = build_trainer(cfg, logger=False, callbacks=[])
     results = scalars(trainer.test(module, dataloaders=datamodule.split_dataloader(cfg.split)))
     out = Path(cfg.paths.output_dir)

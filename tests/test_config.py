@@ -35,6 +35,18 @@ def test_every_group_has_options() -> None:
         assert options(group), f"conf/{group}/ is empty"
 
 
+@pytest.mark.parametrize("group", GROUPS)
+def test_every_option_composes(group: str, tmp_path: Path) -> None:
+    for option in options(group):
+        cfg = compose_train([f"{group}={option}"], tmp_path)
+        assert cfg.data._target_ and cfg.trainer._target_ == "lightning.Trainer"
+
+
+def test_eval_config_composes(tmp_path: Path) -> None:
+    cfg = compose_train(["ckpt_path=x.ckpt", "split=val", "data.root=/d"], tmp_path, config_name="eval")
+    assert cfg.split == "val" and cfg.data.root == "/d" and cfg.tta is None
+
+
 CASES = [(g, o) for g in ("augment", "model", "optimizer", "scheduler", "callbacks", "logger", "experiment")
          for o in options(g)]
 

@@ -15,6 +15,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from medclass.module.tasks import make_loss, make_metrics, probabilities
+from medclass.module.tta import tta_views
 
 
 def to_plain(cfg: Any) -> Any:
@@ -30,6 +31,7 @@ class Classifier(L.LightningModule):
         scheduler: dict[str, Any] | None = None,
         label_smoothing: float = 0.0,
         channels_last: bool = False,
+        tta: str = "none",
         data_cfg: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
@@ -44,6 +46,8 @@ class Classifier(L.LightningModule):
         self.val_metrics = make_metrics(self.task, self.num_classes).clone(prefix="val/")
         self.test_metrics = make_metrics(self.task, self.num_classes)
         self.eval_split = "test"  # eval.py renames the test metrics after the split it evaluates
+        self.tta = tta  # eval.py may switch it
+        tta_views(tta, data_info.get("symmetry", "sided"))  # fail early on a bad value
         if channels_last:
             self.net = self.net.to(memory_format=torch.channels_last)
 
@@ -56,13 +60,20 @@ class Classifier(L.LightningModule):
             x = x.contiguous(memory_format=torch.channels_last)
         return self.net(x)
 
-    def predict_proba(self, x: torch.Tensor) -> torch.Tensor:
-        return probabilities(self(x), self.task)
+    def _views_forward(self, x: torch.Tensor, tta: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """Logits of the plain view, and probabilities averaged over the test-time views when `tta`."""
+        views = tta_views(self.tta if tta else "none", self.hparams.data_info.get("symmetry", "sided"))
+        logits = [self(view(x)) for view in views]  # views[0] is the identity
+        probs = torch.stack([probabilities(z.detach().float(), self.task) for z in logits]).mean(0)
+        return logits[0], probs
 
-    def _step(self, batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def predict_proba(self, x: torch.Tensor, tta: bool = True) -> torch.Tensor:
+        return self._views_forward(x, tta)[1]
+
+    def _step(self, batch: Any, tta: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         x, y = batch
-        logits = self(x)
-        return self.loss(logits, y), probabilities(logits.detach().float(), self.task), y
+        logits, probs = self._views_forward(x, tta)
+        return self.loss(logits, y), probs, y
 
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
         loss, probs, y = self._step(batch)
@@ -72,13 +83,14 @@ class Classifier(L.LightningModule):
         return loss
 
     def validation_step(self, batch: Any, batch_idx: int) -> None:
-        loss, probs, y = self._step(batch)
+        # checkpoints are chosen on plain predictions; the final validation (trainer.validate) uses TTA
+        loss, probs, y = self._step(batch, tta=self.trainer.state.fn != "fit")
         self.val_metrics.update(probs, y.long())
         self.log("val/loss", loss, on_epoch=True, prog_bar=True, batch_size=len(y))
         self.log_dict(self.val_metrics, on_epoch=True, prog_bar=True, batch_size=len(y))
 
     def test_step(self, batch: Any, batch_idx: int) -> None:
-        loss, probs, y = self._step(batch)
+        loss, probs, y = self._step(batch, tta=True)
         self.test_metrics.update(probs, y.long())
         self.log(f"{self.eval_split}/loss", loss, on_epoch=True, batch_size=len(y))
         for name, metric in self.test_metrics.items():
