@@ -13,10 +13,11 @@ from medclass.runner import train
 @report_user_errors
 def main(cfg: DictConfig) -> float | None:
     metrics = train(cfg)
-    key = cfg.get("optimized_metric")
-    split, _, name = (key or "").partition("/")
-    value = metrics.get("best_val" if split == "val" else split, {}).get(key) if key else None
-    return value
+    key = cfg.get("optimized_metric")  # e.g. val/acc, read from best_val; test/acc from test
+    if not key:
+        return None
+    section = "best_val" if key.startswith("val/") else key.split("/")[0]
+    return metrics.get(section, {}).get(key)
 
 
 if __name__ == "__main__":

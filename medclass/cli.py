@@ -10,6 +10,7 @@ from typing import Any
 
 from medclass.errors import MedclassError
 
+
 def find_user_error(err: BaseException | None) -> MedclassError | None:
     """The MedclassError behind `err`, also when Hydra's instantiate wrapped it."""
     seen = set()

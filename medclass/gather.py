@@ -43,7 +43,9 @@ def summarize(runs: list[tuple[str, dict[str, float]]], metrics: tuple[str, ...]
             vals = [v[m] for v in members if m in v]
             if vals:
                 sd = statistics.stdev(vals) if len(vals) > 1 else 0.0
-                row[m] = f"{statistics.mean(vals):.4f} ± {sd:.4f}"
+                mean = statistics.mean(vals)
+                digits = 4 if abs(mean) < 10 else 1  # scores to 4 places, seconds to 1
+                row[m] = f"{mean:.{digits}f} ± {sd:.{digits}f}"
         rows.append(row)
     return sorted(rows, key=lambda r: r.get(metrics[0], ""), reverse=True)
 

@@ -67,7 +67,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         summary.update(train_seconds=round(time.perf_counter() - start, 1), epochs=trainer.current_epoch,
                        steps=trainer.global_step)
     ckpt = next((c for c in trainer.checkpoint_callbacks if isinstance(c, ModelCheckpoint)), None)
-    best = (ckpt.best_model_path or None) if ckpt else None
+    best = ((ckpt.best_model_path or None) if ckpt else None) or cfg.ckpt_path  # train=false tests ckpt_path
     summary["best_checkpoint"] = best
     metrics: dict[str, Any] = {"run": summary}
     if cfg.train:

@@ -22,7 +22,7 @@ def write_npz(folder: Path, name: str, size: int = 28, channels: int = 1, classe
     """An official-layout npz whose classes differ in brightness, so a few steps can learn them."""
     rng = np.random.default_rng(seed)
     arrays = {}
-    for split, count in zip(("train", "val", "test"), n):
+    for split, count in zip(("train", "val", "test"), n, strict=True):
         if task == "multi-label":
             labels = rng.integers(0, 2, (count, classes)).astype(np.uint8)
             level = labels[:, :1].astype(np.float32)
@@ -52,7 +52,6 @@ def compose_train(overrides: list[str], output_dir: Path, config_name: str = "tr
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         cfg = compose(config_name=config_name, overrides=overrides)
     with open_dict(cfg):
-        cfg.paths.root_dir = str(ROOT)
         cfg.paths.output_dir = str(output_dir)
     return cfg
 

@@ -91,8 +91,23 @@ def test_missing_data_offline_exits_with_the_message(tmp_path: Path) -> None:
 def test_real_breastmnist_learns(tmp_path: Path) -> None:
     """A few real epochs on BreastMNIST: the whole stack must beat chance on real ultrasound images."""
     proc = run_script("train.py", "data.name=breastmnist", f"data.root={SHARED_DATA / 'medmnist'}",
-                      "data.num_workers=0", "data.batch_size=32", "trainer.max_epochs=20", "callbacks.progress_bar=null",
-                      "trainer.enable_progress_bar=false", f"hydra.run.dir={tmp_path}")
+                      "data.num_workers=0", "data.batch_size=32", "trainer.max_epochs=20",
+                      "callbacks.progress_bar=null", "trainer.enable_progress_bar=false", f"hydra.run.dir={tmp_path}")
     assert proc.returncode == 0, proc.stderr[-3000:]
     test = json.loads((tmp_path / "metrics.json").read_text())["test"]
     assert test["test/auc"] > 0.7, test
+
+
+def test_multirun_writes_one_folder_per_job_and_gathers(tmp_path: Path) -> None:
+    from medclass.gather import load_runs, summarize
+
+    from .conftest import write_npz
+
+    root = write_npz(tmp_path / "medmnist", "breastmnist").parent
+    sweep = tmp_path / "sweep"
+    proc = run_script("train.py", "-m", "seed=1,2", f"data.root={root}", "data.name=breastmnist",
+                      f"hydra.sweep.dir={sweep}", "logger=none", *FAST)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert sorted(p.parent.name for p in sweep.glob("*/metrics.json")) == ["0", "1"]
+    rows = summarize(load_runs(sweep))
+    assert len(rows) == 1 and rows[0]["runs"] == "2" and "±" in rows[0]["test/acc"]

@@ -14,7 +14,9 @@ class AugmentedSampleGrid(L.Callback):
     def __init__(self, max_images: int = 64, tag: str = "train/augmented_samples") -> None:
         self.max_images, self.tag, self.done = max_images, tag, False
 
-    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int) -> None:
+    def on_train_batch_start(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
         if self.done or not trainer.is_global_zero:
             return
         self.done = True

@@ -1,8 +1,9 @@
 """Find a dataset file on disk, or download it when the network allows.
 
 Search order: the explicit root (config), then ``$MEDCLASS_DATA/<subdir>``, then the library's
-default folder. A missing file is downloaded (MD5-checked) into the first candidate folder; offline,
-the run stops with one message naming the file, every place searched and how to provide it.
+default folder. A missing file is downloaded (MD5-checked) into the first of those that exists or
+whose parent does; offline, the run stops with one message naming the file, every place searched
+and how to provide it.
 """
 
 from __future__ import annotations
@@ -43,7 +44,8 @@ def find_or_download(
     )
     if not (download and url and dirs):
         raise MedclassError(f"{filename} not found in: {searched}; {hint}")
-    target = dirs[0]
+    # the first folder that exists or could (its parent exists): a stale $MEDCLASS_DATA is passed over
+    target = next((d for d in dirs if d.exists() or d.parent.exists()), dirs[0])
     try:
         from torchvision.datasets.utils import download_url
 

@@ -39,7 +39,9 @@ class SimpleCNN(nn.Module):
     ) -> None:
         super().__init__()
         if not widths or min(widths) < 1 or convs_per_block < 1:
-            raise MedclassError(f"model.widths={list(widths)} and model.convs_per_block={convs_per_block} must be positive")
+            raise MedclassError(
+                f"model.widths={list(widths)} and model.convs_per_block={convs_per_block} must be positive"
+            )
         self.min_size = 2 ** len(widths)
         blocks, c = [], in_chans
         for w in widths:

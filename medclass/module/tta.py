@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
 
 import torch
 
@@ -10,13 +11,15 @@ from medclass.errors import MedclassError
 
 View = Callable[[torch.Tensor], torch.Tensor]
 
-_IDENTITY: list[View] = [lambda x: x]
-_MIRROR: list[View] = _IDENTITY + [lambda x: x.flip(-1)]
-_DIHEDRAL: list[View] = [
-    (lambda k, f: (lambda x: torch.rot90(x.flip(-1) if f else x, k, dims=(-2, -1))))(k, f)
-    for f in (False, True)
-    for k in range(4)
-]
+
+
+def _turn(x: torch.Tensor, quarter_turns: int = 0, mirror: bool = False) -> torch.Tensor:
+    return torch.rot90(x.flip(-1) if mirror else x, quarter_turns, dims=(-2, -1))
+
+
+_IDENTITY: list[View] = [_turn]
+_MIRROR: list[View] = [_turn, partial(_turn, mirror=True)]
+_DIHEDRAL: list[View] = [partial(_turn, quarter_turns=k, mirror=m) for m in (False, True) for k in range(4)]
 VIEWS = {"invariant": _DIHEDRAL, "mirror": _MIRROR, "sided": _IDENTITY}
 MODES = ("none", "auto")
 

@@ -1,0 +1,170 @@
+"""Class-per-folder image datasets (`data=folder` and its presets): decode once, split once.
+
+Images are decoded, converted to the channel count and resized to `image_size` a single time, and
+kept as one uint8 array (cached on disk, keyed by the file list, size and channels), so every epoch
+after the first read costs what MedMNIST costs. The split CSV and the list of skipped files sit
+beside each other in `split_dir`.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+from rich.progress import track
+
+from medclass.data.base import SPLITS, ClassificationDataModule, DataInfo, to_channels
+from medclass.data.decode import read_image
+from medclass.data.scan import Scan, scan_folder
+from medclass.data.splits import Row, read_rows, stratified_splits, write_rows
+from medclass.errors import MedclassError
+
+log = logging.getLogger("medclass")
+
+
+class FolderDataModule(ClassificationDataModule):
+    """`root/<class>/<images>`; an optional `test_root` of the same layout is the test split."""
+
+    def __init__(
+        self,
+        root: str,
+        name: str | None = None,
+        test_root: str | None = None,
+        image_size: int = 64,
+        channels: int | None = None,
+        class_map: dict[str, str] | None = None,
+        split_fractions: Sequence[float] = (0.8, 0.1, 0.1),
+        split_dir: str = "outputs/splits",
+        cache_dir: str | None = "outputs/cache",
+        symmetry: str = "sided",
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(image_size=image_size, in_chans=channels, **kwargs)
+        self.root = Path(root).expanduser()
+        self.test_root = Path(test_root).expanduser() if test_root else None
+        self.name = name or self.root.name
+        self.class_map, self.split_fractions = dict(class_map or {}), tuple(split_fractions)
+        self.split_dir, self.cache_dir = Path(split_dir), Path(cache_dir) if cache_dir else None
+        self.symmetry = symmetry
+        self._rows: list[Row] | None = None
+        self.skipped: list[tuple[Path, str]] = []
+
+    # -- files, classes and splits ----------------------------------------------------------
+    @property
+    def split_file(self) -> Path:
+        return self.split_dir / f"{self.name}_seed{self.seed}.csv"
+
+    def _class(self, folder: str) -> str:
+        return self.class_map.get(folder, folder)
+
+    def rows(self) -> list[Row]:
+        """(path, folder label, split) for every usable file; made once, then read from split_file."""
+        if self._rows is not None:
+            return self._rows
+        scans = {"train": scan_folder(self.root)}
+        if self.test_root:
+            scans["test"] = scan_folder(self.test_root, what="data.test_root")
+        rows = self._make_rows(scans)
+        if self.split_file.is_file():
+            saved = read_rows(self.split_file)
+            if {r[0] for r in saved} != {r[0] for r in rows}:
+                raise MedclassError(
+                    f"{self.split_file} lists other files than {self.root} now holds; delete it to split "
+                    "again (results will not be comparable with earlier runs)"
+                )
+            rows = saved
+        else:
+            write_rows(self.split_file, rows)
+            log.info("wrote split %s", self.split_file)
+        self.skipped = [s for scan in scans.values() for s in scan.skipped]
+        self._rows = rows
+        return rows
+
+    def _make_rows(self, scans: dict[str, Scan]) -> list[Row]:
+        train = scans["train"]
+        labels = [self._class(lbl) for lbl in train.labels]
+        if self.test_root:
+            a, b = self.split_fractions[:2]
+            fractions = (a / (a + b), b / (a + b), 0.0)
+        else:
+            fractions = self.split_fractions
+        splits = stratified_splits(labels, fractions, self.seed)
+        rows = [(str(p), lbl, s) for p, lbl, s in zip(train.files, train.labels, splits, strict=True)]
+        if "test" in scans:
+            rows += [(str(p), lbl, "test") for p, lbl in zip(scans["test"].files, scans["test"].labels, strict=True)]
+        return rows
+
+    def _report_skipped(self) -> None:
+        """One warning line with counts by reason, and every path with its reason in a CSV."""
+        skipped = self.skipped
+        if not skipped:
+            return
+        report = self.split_dir / f"{self.name}_skipped.csv"
+        report.parent.mkdir(parents=True, exist_ok=True)
+        with report.open("w", newline="") as f:
+            csv.writer(f).writerows([("path", "reason"), *skipped])
+        reasons: dict[str, int] = {}
+        for _, r in skipped:
+            key = r.split(" (")[0].split(" of ")[0]
+            reasons[key] = reasons.get(key, 0) + 1
+        log.warning("skipped %d files (%s); list: %s", len(skipped),
+                    ", ".join(f"{n} {k}" for k, n in sorted(reasons.items())), report)
+
+    # -- what the base class needs ------------------------------------------------------------
+    def class_names(self) -> list[str]:
+        return sorted({self._class(r[1]) for r in self.rows()})
+
+    def describe(self) -> DataInfo:
+        names = self.class_names()
+        return DataInfo(task="binary-class" if len(names) == 2 else "multi-class", class_names=names,
+                        in_chans=self.in_chans or 1, image_size=self.image_size or 64, symmetry=self.symmetry)
+
+    def load_splits(self) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        rows = self.rows()
+        paths = [Path(r[0]) for r in rows]
+        images, keep = self._decode_all(paths)
+        self.skipped += [(p, "unreadable image (see the first run's log)") for p, k in zip(paths, keep, strict=True)
+                         if not k and all(p != q for q, _ in self.skipped)]
+        self._report_skipped()
+        index = {name: i for i, name in enumerate(self.class_names())}
+        out = {}
+        for split in SPLITS:
+            sel = [i for i, r in enumerate(rows) if r[2] == split and keep[i]]
+            if not sel:
+                raise MedclassError(f"the {split} split of {self.root} is empty; add images or change data.split_fractions")
+            labels = np.array([[index[self._class(rows[i][1])]] for i in sel], np.int64)
+            out[split] = (images[sel], labels)
+        return out
+
+    def _decode_all(self, paths: list[Path]) -> tuple[np.ndarray, np.ndarray]:
+        """All images at image_size with the channel count, from the cache when it matches."""
+        size, chans = self.image_size or 64, self.in_chans or 1
+        key = hashlib.sha1(
+            "\n".join(f"{p}:{p.stat().st_size}:{p.stat().st_mtime_ns}" for p in paths).encode()
+            + f"|{size}|{chans}".encode()
+        ).hexdigest()[:16]
+        cache = self.cache_dir / f"{self.name}-{size}px-{chans}ch-{key}.npz" if self.cache_dir else None
+        if cache and cache.is_file():
+            with np.load(cache) as data:
+                return data["images"], data["keep"]
+        images = np.zeros((len(paths), size, size, chans), np.uint8)
+        keep = np.ones(len(paths), bool)
+        for i, path in enumerate(track(paths, description=f"decoding {self.name}", transient=True)):
+            try:
+                array = read_image(path)
+            except Exception as err:  # corrupt, truncated, unreadable: reported, never silent
+                keep[i] = False
+                self.skipped.append((path, f"unreadable image ({type(err).__name__}: {err})"))
+                continue
+            resized = cv2.resize(array, (size, size), interpolation=cv2.INTER_AREA)
+            images[i] = to_channels(resized.reshape(size, size, -1)[None], chans)[0]
+        if cache:
+            cache.parent.mkdir(parents=True, exist_ok=True)
+            np.savez(cache, images=images, keep=keep)
+        return images, keep

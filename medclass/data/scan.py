@@ -1,0 +1,94 @@
+"""Walk a class-per-folder tree: which files are images of which class, and what was left out and why.
+
+Nothing is dropped silently: every file passed over lands in `Scan.skipped` with its reason, and
+mistakes that would make the labels wrong (one class, an empty class, one image in two classes)
+stop the run with the path and the fix.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from medclass.data.decode import is_image_name
+from medclass.errors import MedclassError
+
+SYSTEM_FILES = frozenset({"thumbs.db", "desktop.ini", ".ds_store"})
+
+
+@dataclass
+class Scan:
+    files: list[Path] = field(default_factory=list)
+    labels: list[str] = field(default_factory=list)  # class folder names
+    skipped: list[tuple[Path, str]] = field(default_factory=list)
+
+
+def file_digest(path: Path) -> str:
+    return hashlib.sha1(path.read_bytes()).hexdigest()
+
+
+def _hidden(path: Path, root: Path) -> bool:
+    return any(part.startswith(".") for part in path.relative_to(root).parts)
+
+
+def scan_folder(root: Path, what: str = "data.root") -> Scan:
+    """Images under `root/<class>/**`, in sorted order; duplicates within a class kept once."""
+    if not root.is_dir():
+        raise MedclassError(f"{what}={root} is not a folder; point it at a folder with one sub-folder per class")
+    scan = Scan()
+    classes = sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+    if len(classes) < 2:
+        raise MedclassError(
+            f"{what}={root} has {len(classes)} class folder(s); a classifier needs at least 2 "
+            "(layout: root/<class>/<image files>)"
+        )
+    for entry in sorted(root.iterdir()):
+        if entry.is_file():
+            scan.skipped.append((entry, "not inside a class folder"))
+        elif entry.name.startswith("."):
+            scan.skipped.append((entry, "hidden folder"))
+    seen: dict[str, Path] = {}
+    for class_dir in classes:
+        count = 0
+        for path in sorted(p for p in class_dir.rglob("*") if p.is_file()):
+            reason = _reason_to_skip(path, root)
+            if reason is None:
+                try:
+                    digest = file_digest(path)
+                except OSError as err:
+                    reason = f"unreadable ({err.strerror or err})"
+            if reason:
+                scan.skipped.append((path, reason))
+                continue
+            if digest in seen:
+                first = seen[digest]
+                if _class_of(first, root) != class_dir.name:
+                    raise MedclassError(
+                        f"the same image is in two classes: {first} and {path}; delete the wrong copy"
+                    )
+                scan.skipped.append((path, f"duplicate of {first}"))
+                continue
+            seen[digest] = path
+            scan.files.append(path)
+            scan.labels.append(class_dir.name)
+            count += 1
+        if count == 0:
+            raise MedclassError(f"class folder {class_dir} holds no readable images; add images or remove it")
+    return scan
+
+
+def _class_of(path: Path, root: Path) -> str:
+    return path.relative_to(root).parts[0]
+
+
+def _reason_to_skip(path: Path, root: Path) -> str | None:
+    if path.name.lower() in SYSTEM_FILES:
+        return "system file"
+    if _hidden(path, root):
+        return "hidden file or folder"
+    if not is_image_name(path):
+        return f"not an image ({path.suffix or 'no suffix'})"
+    if path.stat().st_size == 0:
+        return "empty file"
+    return None

@@ -1,0 +1,169 @@
+"""Class-per-folder data: every format, every bad input, lasting stratified splits, class maps, DICOM."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from medclass.data import FolderDataModule
+from medclass.data.decode import read_image
+from medclass.errors import MedclassError
+
+
+def save(path: Path, array: np.ndarray, mode: str | None = None, **kw) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(array, mode=mode).save(path, **kw) if mode else Image.fromarray(array).save(path, **kw)
+
+
+def grey(level: int, size: int = 20, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return np.clip(level + rng.normal(0, 10, (size, size)), 0, 255).astype(np.uint8)
+
+
+def clean_tree(root: Path, classes: tuple[str, ...] = ("a", "b"), per_class: int = 10) -> Path:
+    for c, name in enumerate(classes):
+        for i in range(per_class):
+            save(root / name / f"img{i}.png", grey(40 + 80 * c, seed=100 * c + i))
+    return root
+
+
+def messy_tree(root: Path) -> Path:
+    """Every format and every bad input the README's table lists."""
+    clean_tree(root, per_class=8)
+    a, b = root / "a", root / "b"
+    save(a / "upper.PNG", grey(40, seed=50))
+    save(a / "photo.jpg", np.stack([grey(40, seed=51)] * 3, -1))
+    save(a / "scan.bmp", grey(40, seed=52))
+    Image.fromarray((grey(40, seed=53).astype(np.uint16) * 200)).save(a / "deep.tif")  # I;16
+    rgba = np.dstack([np.stack([grey(120, seed=54)] * 3, -1), np.full((20, 20), 255, np.uint8)])
+    save(b / "alpha.png", rgba)
+    Image.fromarray(grey(120, seed=55)).convert("P").save(b / "palette.png")
+    (a / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\nnot really a png")
+    jpg = b / "truncated.jpg"
+    save(jpg, np.stack([grey(120, seed=56)] * 3, -1), quality=95)
+    jpg.write_bytes(jpg.read_bytes()[:200])
+    (a / "empty.png").write_bytes(b"")
+    (root / "README.txt").write_text("about this data")
+    (a / "notes.txt").write_text("x")
+    (a / ".DS_Store").write_bytes(b"\0")
+    (b / "Thumbs.db").write_bytes(b"\0")
+    save(root / ".ipynb_checkpoints" / "img.png", grey(40, seed=57))
+    save(a / ".ipynb_checkpoints" / "img.png", grey(40, seed=58))
+    save(b / "copy.png", grey(120, seed=100))  # the same bytes as b/img0.png
+    return root
+
+
+def module(root: Path, tmp: Path, **kw) -> FolderDataModule:
+    kw = {"image_size": 16, "num_workers": 0, "batch_size": 4, "split_dir": str(tmp / "splits"),
+          "cache_dir": str(tmp / "cache"), **kw}
+    return FolderDataModule(root=str(root), **kw)
+
+
+def skipped(tmp: Path, name: str) -> dict[str, str]:
+    with (tmp / "splits" / f"{name}_skipped.csv").open() as f:
+        return {Path(r["path"]).name: r["reason"] for r in csv.DictReader(f)}
+
+
+def test_messy_folder_loads_and_reports_every_skip(tmp_path: Path) -> None:
+    root = messy_tree(tmp_path / "data")
+    dm = module(root, tmp_path, split_fractions=(0.6, 0.2, 0.2))
+    dm.setup()
+    total = sum(len(dm.datasets[s]) for s in ("train", "val", "test"))
+    assert total == 8 * 2 + 6  # clean images + PNG/jpg/bmp/tif/RGBA/P
+    reasons = skipped(tmp_path, "data")
+    assert reasons["corrupt.png"].startswith("unreadable image")
+    assert reasons["truncated.jpg"].startswith("unreadable image")
+    assert reasons["empty.png"] == "empty file"
+    assert reasons["README.txt"] == "not inside a class folder" and reasons["notes.txt"].startswith("not an image")
+    assert reasons[".DS_Store"] == "system file" and reasons["Thumbs.db"] == "system file"
+    assert reasons[".ipynb_checkpoints"] == "hidden folder" and reasons["img.png"] == "hidden file or folder"
+    duplicates = [name for name, reason in reasons.items() if reason.startswith("duplicate of")]
+    assert duplicates in (["copy.png"], ["img0.png"])  # b/copy.png and b/img0.png hold the same bytes
+    x, y = next(iter(dm.train_dataloader()))
+    assert x.shape == (4, 1, 16, 16) and dm.info.class_names == ["a", "b"]
+
+
+@pytest.mark.parametrize("fault", ["empty_class", "single_class", "two_classes", "missing_root"])
+def test_fatal_inputs_name_the_path(tmp_path: Path, fault: str) -> None:
+    root = clean_tree(tmp_path / "data")
+    expected = {"empty_class": "c holds no readable images", "single_class": "at least 2",
+                "two_classes": "in two classes", "missing_root": "is not a folder"}[fault]
+    if fault == "empty_class":
+        (root / "c").mkdir()
+    elif fault == "single_class":
+        root = clean_tree(tmp_path / "one", classes=("only",))
+    elif fault == "two_classes":
+        (root / "b" / "stolen.png").write_bytes((root / "a" / "img0.png").read_bytes())
+    else:
+        root = tmp_path / "nowhere"
+    with pytest.raises(MedclassError, match=expected):
+        module(root, tmp_path).setup()
+
+
+def test_split_is_stratified_persisted_and_reused(tmp_path: Path) -> None:
+    root = clean_tree(tmp_path / "data", classes=("a", "b", "c"), per_class=20)
+    dm = module(root, tmp_path)
+    dm.setup()
+    with dm.split_file.open() as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 60
+    for split, share in (("train", 16), ("val", 2), ("test", 2)):
+        for c in "abc":
+            assert sum(r["split"] == split and r["label"] == c for r in rows) == share
+    first = dm.split_file.read_text()
+    again = module(root, tmp_path)
+    again.setup()
+    assert again.split_file.read_text() == first
+    (root / "a" / "new.png").write_bytes((root / "a" / "img0.png").read_bytes()[:-1] + b"\0")
+    with pytest.raises(MedclassError, match="lists other files"):
+        module(root, tmp_path).setup()
+
+
+def test_test_root_is_the_test_split(tmp_path: Path) -> None:
+    root = clean_tree(tmp_path / "Training", per_class=10)
+    test = tmp_path / "Testing"
+    for c, name in enumerate("ab"):
+        for i in range(3):
+            save(test / name / f"t{i}.png", grey(40 + 80 * c, seed=500 + 10 * c + i))
+    dm = module(root, tmp_path, test_root=str(test), split_fractions=(0.8, 0.2, 0.0))
+    dm.setup()
+    assert len(dm.datasets["test"]) == 6 and len(dm.datasets["train"]) + len(dm.datasets["val"]) == 20
+
+
+def test_class_map_merges_folders(tmp_path: Path) -> None:
+    root = clean_tree(tmp_path / "data", classes=("CTAbd", "CTHead", "CXR"), per_class=10)
+    dm = module(root, tmp_path, class_map={"CTAbd": "CT", "CTHead": "CT", "CXR": "XRAY"})
+    dm.setup()
+    assert dm.info.class_names == ["CT", "XRAY"] and dm.info.task == "binary-class"
+    labels = np.concatenate([dm.datasets[s].labels for s in ("train", "val", "test")])
+    assert (labels == 0).sum() == 20 and (labels == 1).sum() == 10
+
+
+def test_decoded_images_are_cached(tmp_path: Path) -> None:
+    root = clean_tree(tmp_path / "data")
+    module(root, tmp_path).setup()
+    caches = list((tmp_path / "cache").glob("*.npz"))
+    assert len(caches) == 1
+    before = caches[0].stat().st_mtime_ns
+    module(root, tmp_path).setup()
+    assert caches[0].stat().st_mtime_ns == before
+    module(root, tmp_path, image_size=8).setup()
+    assert len(list((tmp_path / "cache").glob("*.npz"))) == 2
+
+
+def test_dicom_rescale_and_monochrome1(tmp_path: Path) -> None:
+    from pydicom import examples
+
+    ds = examples.ct
+    path = tmp_path / "ct.dcm"
+    ds.save_as(path)
+    plain = read_image(path)
+    assert plain.dtype == np.uint8 and plain.shape == (*ds.pixel_array.shape, 1) and plain.max() == 255
+    ds.PhotometricInterpretation = "MONOCHROME1"
+    inverted_path = tmp_path / "ct_inv.DCM"
+    ds.save_as(inverted_path)
+    assert np.array_equal(read_image(inverted_path), 255 - plain)
