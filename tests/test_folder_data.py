@@ -38,7 +38,7 @@ def messy_tree(root: Path) -> Path:
     save(a / "upper.PNG", grey(40, seed=50))
     save(a / "photo.jpg", np.stack([grey(40, seed=51)] * 3, -1))
     save(a / "scan.bmp", grey(40, seed=52))
-    Image.fromarray((grey(40, seed=53).astype(np.uint16) * 200)).save(a / "deep.tif")  # I;16
+    Image.fromarray(grey(40, seed=53).astype(np.uint16) * 200).save(a / "deep.tif")  # I;16
     rgba = np.dstack([np.stack([grey(120, seed=54)] * 3, -1), np.full((20, 20), 255, np.uint8)])
     save(b / "alpha.png", rgba)
     Image.fromarray(grey(120, seed=55)).convert("P").save(b / "palette.png")

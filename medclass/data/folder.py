@@ -137,7 +137,9 @@ class FolderDataModule(ClassificationDataModule):
         for split in SPLITS:
             sel = [i for i, r in enumerate(rows) if r[2] == split and keep[i]]
             if not sel:
-                raise MedclassError(f"the {split} split of {self.root} is empty; add images or change data.split_fractions")
+                raise MedclassError(
+                    f"the {split} split of {self.root} is empty; add images or change data.split_fractions"
+                )
             labels = np.array([[index[self._class(rows[i][1])]] for i in sel], np.int64)
             out[split] = (images[sel], labels)
         return out
