@@ -10,7 +10,7 @@ from typing import Any
 
 import lightning as L
 from hydra.utils import instantiate
-from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
 from omegaconf import DictConfig, OmegaConf
 
@@ -54,6 +54,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     module: Classifier = instantiate(cfg.module, data_info=info.as_dict(), data_cfg=plain(cfg.data))
     loggers = instantiate_all(cfg.get("logger"))
     callbacks = instantiate_all(cfg.get("callbacks"))
+    if not loggers:  # logger=none: the learning-rate monitor has nowhere to write and would stop the run
+        callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
     trainer = build_trainer(cfg, callbacks=callbacks, logger=loggers or False)
     n_params = sum(p.numel() for p in module.parameters())
     log.info("data %s (%s, %d classes, %d channels) | model %s, %.2fM parameters | output %s",

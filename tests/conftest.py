@@ -64,4 +64,4 @@ def run_script(script: str, *args: str, cwd: Path = ROOT, env: dict[str, str] | 
                           capture_output=True, text=True, timeout=timeout)
 
 
-FAST = ["debug=fast", "callbacks.progress_bar=null", "trainer.enable_progress_bar=false"]
+FAST = ["debug=fast"]

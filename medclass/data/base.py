@@ -157,7 +157,7 @@ class ClassificationDataModule(L.LightningDataModule):
         plain = eval_transform(size, info.mean, info.std)
         train_tf = (
             self.augment(image_size=size, mean=info.mean, std=info.std, symmetry=info.symmetry, seed=self.seed)
-            if self.augment is not None
+            if self.augment  # None, or an empty config from augment=none
             else plain
         )
         for split in SPLITS:
