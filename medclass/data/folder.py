@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import logging
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -109,10 +110,7 @@ class FolderDataModule(ClassificationDataModule):
         report.parent.mkdir(parents=True, exist_ok=True)
         with report.open("w", newline="") as f:
             csv.writer(f).writerows([("path", "reason"), *skipped])
-        reasons: dict[str, int] = {}
-        for _, r in skipped:
-            key = r.split(" (")[0].split(" of ")[0]
-            reasons[key] = reasons.get(key, 0) + 1
+        reasons = Counter(r.split(" (")[0].split(" of ")[0] for _, r in skipped)
         log.warning("skipped %d files (%s); list: %s", len(skipped),
                     ", ".join(f"{n} {k}" for k, n in sorted(reasons.items())), report)
 
