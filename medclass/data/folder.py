@@ -38,7 +38,7 @@ class FolderDataModule(ClassificationDataModule):
         name: str | None = None,
         test_root: str | None = None,
         image_size: int = 64,
-        channels: int | None = None,
+        in_chans: int | None = 1,
         class_map: dict[str, str] | None = None,
         split_fractions: Sequence[float] = (0.8, 0.1, 0.1),
         split_dir: str = "outputs/splits",
@@ -46,7 +46,7 @@ class FolderDataModule(ClassificationDataModule):
         symmetry: str = "sided",
         **kwargs: Any,
     ) -> None:
-        super().__init__(image_size=image_size, in_chans=channels, **kwargs)
+        super().__init__(image_size=image_size, in_chans=in_chans, **kwargs)
         self.root = Path(root).expanduser()
         self.test_root = Path(test_root).expanduser() if test_root else None
         self.name = name or self.root.name
