@@ -20,7 +20,6 @@ from medclass.augment import eval_transform
 from medclass.errors import MedclassError
 
 SPLITS = ("train", "val", "test")
-TASKS = ("multi-class", "binary-class", "multi-label", "ordinal-regression")
 
 
 @dataclass

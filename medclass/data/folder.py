@@ -127,8 +127,9 @@ class FolderDataModule(ClassificationDataModule):
         rows = self.rows()
         paths = [Path(r[0]) for r in rows]
         images, keep = self._decode_all(paths)
+        reported = {p for p, _ in self.skipped}
         self.skipped += [(p, "unreadable image (see the first run's log)") for p, k in zip(paths, keep, strict=True)
-                         if not k and all(p != q for q, _ in self.skipped)]
+                         if not k and p not in reported]
         self._report_skipped()
         index = {name: i for i, name in enumerate(self.class_names())}
         out = {}
