@@ -26,6 +26,14 @@ def flip_defaults(symmetry: str) -> tuple[float, float, float]:
     return _FLIPS[symmetry]
 
 
+def flip_options(
+    symmetry: str, hflip: float | None, vflip: float | None, rot90: float | None
+) -> tuple[float, float, float]:
+    """The configured flip probabilities, with each `None` replaced by the symmetry's default."""
+    auto = flip_defaults(symmetry)
+    return tuple(a if p is None else p for a, p in zip(auto, (hflip, vflip, rot90), strict=True))  # type: ignore[return-value]
+
+
 def _head(image_size: int | None) -> list[A.BasicTransform]:
     return [A.Resize(image_size, image_size, interpolation=cv2.INTER_AREA)] if image_size else []
 
@@ -62,9 +70,7 @@ def train_transform(
     """
     if border not in BORDERS:
         raise MedclassError(f"augment.border={border!r} is not one of {sorted(BORDERS)}")
-    auto_h, auto_v, auto_r = flip_defaults(symmetry)
-    hflip, vflip, rot90 = (auto_h if hflip is None else hflip, auto_v if vflip is None else vflip,
-                           auto_r if rot90 is None else rot90)
+    hflip, vflip, rot90 = flip_options(symmetry, hflip, vflip, rot90)
     ops: list[A.BasicTransform] = _head(image_size)
     if p_affine > 0:
         ops.append(

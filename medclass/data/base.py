@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, get_worker_info
 
-from medclass.augment import eval_transform
+from medclass.augment import BatchAugment, eval_transform
 from medclass.errors import MedclassError
 
 SPLITS = ("train", "val", "test")
@@ -53,6 +53,28 @@ class ArrayDataset(Dataset):
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         return self.transform(image=self.images[index])["image"], torch.as_tensor(self.labels[index])
+
+
+class IndexDataset(Dataset):
+    """The fast path's training set: batches of indices and labels; the images wait on the device."""
+
+    def __init__(self, labels: np.ndarray) -> None:
+        self.labels = torch.as_tensor(labels)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.__getitems__([index])
+
+    def __getitems__(self, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        index = torch.as_tensor(indices, dtype=torch.long)
+        return index, self.labels[index]
+
+
+def as_batch(batch: Any) -> Any:
+    """Collation for IndexDataset, whose `__getitems__` already returns a whole batch."""
+    return batch
 
 
 def init_worker(worker_id: int) -> None:
@@ -118,8 +140,10 @@ class ClassificationDataModule(L.LightningDataModule):
         self.num_workers, self.pin_memory, self.seed = num_workers, pin_memory, seed
         self.augment, self.image_size, self.in_chans = augment, image_size, in_chans
         self.mean, self.std = mean, std
-        self.datasets: dict[str, ArrayDataset] = {}
+        self.datasets: dict[str, Dataset] = {}
         self._info: DataInfo | None = None
+        self.batch_augment: BatchAugment | None = None  # augment=batch: the fast path
+        self._train_images: torch.Tensor | None = None  # uint8 (N, H, W, C), moved to the training device
 
     # -- what a subclass provides -------------------------------------------------------------
     def describe(self) -> DataInfo:
@@ -162,20 +186,38 @@ class ClassificationDataModule(L.LightningDataModule):
         for split in SPLITS:
             self.datasets[split] = ArrayDataset(arrays[split], labels[split], train_tf if split == "train" else plain)
         self.datasets["train_eval"] = ArrayDataset(arrays["train"], labels["train"], plain)
+        if isinstance(train_tf, BatchAugment):
+            self.batch_augment, self._train_images = train_tf, torch.from_numpy(arrays["train"])
+            self.datasets["train"] = IndexDataset(labels["train"])
         self._info = info
+
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        """Fast path: gather the batch's images on the device, then augment and normalize them there."""
+        if self.batch_augment is None:
+            return batch
+        index, labels = batch
+        if index.ndim != 1 or index.dtype != torch.long:  # an evaluation batch: already images
+            return batch
+        assert self._train_images is not None
+        if self._train_images.device != index.device:
+            self._train_images = self._train_images.to(index.device)
+        return self.batch_augment(self._train_images[index]), labels
 
     def _loader(self, split: str, train: bool = False) -> DataLoader:
         self.setup()
         dataset = self.datasets[split]
+        indices = isinstance(dataset, IndexDataset)  # nothing for a worker process to do
+        workers = 0 if indices else self.num_workers
         return DataLoader(
             dataset,
             batch_size=self.batch_size if train else self.eval_batch_size,
             shuffle=train,
             drop_last=train and len(dataset) > self.batch_size,
-            num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0,
-            pin_memory=self.pin_memory,
+            num_workers=workers,
+            persistent_workers=workers > 0,
+            pin_memory=self.pin_memory and not indices,
             worker_init_fn=init_worker,
+            collate_fn=as_batch if indices else None,
         )
 
     def train_dataloader(self) -> DataLoader:
