@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, open_dict
+from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf"
@@ -40,6 +41,23 @@ def write_npz(folder: Path, name: str, size: int = 28, channels: int = 1, classe
     return path
 
 
+def save(path: Path, array: np.ndarray, mode: str | None = None, **kw) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(array, mode=mode).save(path, **kw) if mode else Image.fromarray(array).save(path, **kw)
+
+
+def grey(level: int, size: int = 20, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return np.clip(level + rng.normal(0, 10, (size, size)), 0, 255).astype(np.uint8)
+
+
+def clean_tree(root: Path, classes: tuple[str, ...] = ("a", "b"), per_class: int = 10) -> Path:
+    for c, name in enumerate(classes):
+        for i in range(per_class):
+            save(root / name / f"img{i}.png", grey(40 + 80 * c, seed=100 * c + i))
+    return root
+
+
 @pytest.fixture
 def blood_root(tmp_path: Path) -> Path:
     """A synthetic bloodmnist.npz (3 channels, 8 classes) in its own folder."""
@@ -53,6 +71,7 @@ def compose_train(overrides: list[str], output_dir: Path, config_name: str = "tr
         cfg = compose(config_name=config_name, overrides=overrides)
     with open_dict(cfg):
         cfg.paths.output_dir = str(output_dir)
+        cfg.paths.log_dir = str(output_dir)  # split files and caches too: nothing lands in the repo
     return cfg
 
 

@@ -13,22 +13,7 @@ from medclass.data import FolderDataModule
 from medclass.data.decode import read_image
 from medclass.errors import MedclassError
 
-
-def save(path: Path, array: np.ndarray, mode: str | None = None, **kw) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(array, mode=mode).save(path, **kw) if mode else Image.fromarray(array).save(path, **kw)
-
-
-def grey(level: int, size: int = 20, seed: int = 0) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    return np.clip(level + rng.normal(0, 10, (size, size)), 0, 255).astype(np.uint8)
-
-
-def clean_tree(root: Path, classes: tuple[str, ...] = ("a", "b"), per_class: int = 10) -> Path:
-    for c, name in enumerate(classes):
-        for i in range(per_class):
-            save(root / name / f"img{i}.png", grey(40 + 80 * c, seed=100 * c + i))
-    return root
+from .conftest import clean_tree, grey, save
 
 
 def messy_tree(root: Path) -> Path:
@@ -132,6 +117,21 @@ def test_test_root_is_the_test_split(tmp_path: Path) -> None:
     dm = module(root, tmp_path, test_root=str(test), split_fractions=(0.8, 0.2, 0.0))
     dm.setup()
     assert len(dm.datasets["test"]) == 6 and len(dm.datasets["train"]) + len(dm.datasets["val"]) == 20
+
+
+def test_training_copies_of_test_images_are_dropped_or_stop_the_run(tmp_path: Path) -> None:
+    root = clean_tree(tmp_path / "Training", per_class=10)
+    test = clean_tree(tmp_path / "Testing", per_class=3)  # same seeds: t/a/img0..2 == Training/a/img0..2
+    dm = module(root, tmp_path, test_root=str(test), split_fractions=(0.8, 0.2, 0.0))
+    dm.setup()
+    assert len(dm.datasets["test"]) == 6 and len(dm.datasets["train"]) + len(dm.datasets["val"]) == 20 - 6
+    reasons = {p: r for p, r in dm.skipped}
+    leaked = root / "a" / "img1.png"
+    assert reasons[leaked] == f"test-split copy of {test / 'a' / 'img1.png'}"
+    assert str(leaked) not in (tmp_path / "splits" / "Training_seed0.csv").read_text()
+    (test / "b" / "relabelled.png").write_bytes((root / "a" / "img9.png").read_bytes())
+    with pytest.raises(MedclassError, match=r"img9.png \(class a\) and .*relabelled.png \(class b\)"):
+        module(root, tmp_path / "again", test_root=str(test), split_fractions=(0.8, 0.2, 0.0)).setup()
 
 
 def test_class_map_merges_folders(tmp_path: Path) -> None:

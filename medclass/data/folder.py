@@ -71,6 +71,7 @@ class FolderDataModule(ClassificationDataModule):
         scans = {"train": scan_folder(self.root)}
         if self.test_root:
             scans["test"] = scan_folder(self.test_root, what="data.test_root")
+            self._drop_test_copies(scans["train"], scans["test"])
         rows = self._make_rows(scans)
         if self.split_file.is_file():
             saved = read_rows(self.split_file)
@@ -86,6 +87,27 @@ class FolderDataModule(ClassificationDataModule):
         self.skipped = [s for scan in scans.values() for s in scan.skipped]
         self._rows = rows
         return rows
+
+    def _drop_test_copies(self, train: Scan, test: Scan) -> None:
+        """A training image that is also a test image would leak: the training copy is skipped and reported.
+
+        A copy filed under another class is a labelling error in one of the two folders: it stops the run.
+        """
+        in_test = dict(zip(test.digests, zip(test.files, test.labels, strict=True), strict=True))
+        keep = []
+        for i, digest in enumerate(train.digests):
+            if digest not in in_test:
+                keep.append(i)
+                continue
+            test_path, test_label = in_test[digest]
+            if self._class(test_label) != self._class(train.labels[i]):
+                raise MedclassError(
+                    f"the same image is {train.files[i]} (class {train.labels[i]}) and {test_path} "
+                    f"(class {test_label}); delete the wrong copy"
+                )
+            train.skipped.append((train.files[i], f"test-split copy of {test_path}"))
+        train.files, train.labels, train.digests = ([seq[i] for i in keep] for seq in (train.files, train.labels,
+                                                                                      train.digests))
 
     def _make_rows(self, scans: dict[str, Scan]) -> list[Row]:
         train = scans["train"]

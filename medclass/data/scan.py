@@ -21,6 +21,7 @@ SYSTEM_FILES = frozenset({"thumbs.db", "desktop.ini", ".ds_store"})
 class Scan:
     files: list[Path] = field(default_factory=list)
     labels: list[str] = field(default_factory=list)  # class folder names
+    digests: list[str] = field(default_factory=list)  # content hashes, to find copies across roots
     skipped: list[tuple[Path, str]] = field(default_factory=list)
 
 
@@ -72,6 +73,7 @@ def scan_folder(root: Path, what: str = "data.root") -> Scan:
             seen[digest] = path
             scan.files.append(path)
             scan.labels.append(class_dir.name)
+            scan.digests.append(digest)
             count += 1
         if count == 0:
             raise MedclassError(f"class folder {class_dir} holds no readable images; add images or remove it")
