@@ -15,6 +15,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from omegaconf import DictConfig, OmegaConf
 
 from medclass.data import ClassificationDataModule
+from medclass.models import pretrained_normalization
 from medclass.module import Classifier
 from medclass.module.classifier import to_plain as plain
 
@@ -48,7 +49,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     OmegaConf.save(cfg, out / "config.yaml", resolve=True)
     L.seed_everything(cfg.seed, workers=True)
 
-    datamodule: ClassificationDataModule = instantiate(cfg.data)
+    norm = pretrained_normalization(cfg.model) if cfg.data.get("mean") is None else None
+    datamodule: ClassificationDataModule = instantiate(cfg.data, **({"mean": norm[0], "std": norm[1]} if norm else {}))
     datamodule.prepare_data()
     info = datamodule.info
     module: Classifier = instantiate(cfg.module, data_info=info.as_dict(), data_cfg=plain(cfg.data))

@@ -11,7 +11,7 @@ from hydra.utils import instantiate
 
 from medclass.runner import train
 
-from .conftest import CONF, FAST, compose_train, write_npz
+from .conftest import CONF, FAST, clean_tree, compose_train, write_npz
 
 GROUPS = ("data", "augment", "model", "module", "optimizer", "scheduler", "trainer", "callbacks", "logger",
           "experiment", "paths", "debug")
@@ -51,9 +51,31 @@ CASES = [(g, o) for g in ("augment", "model", "optimizer", "scheduler", "callbac
          for o in options(g)]
 
 
+def folder_data(tmp_path: Path, test_root: bool = False) -> list[str]:
+    """A tiny class-per-folder tree in place of the real set a preset names."""
+    train = clean_tree(tmp_path / "Training", per_class=12)
+    return [f"data.root={train}"] + ([f"data.test_root={clean_tree(tmp_path / 'Testing', per_class=3)}"]
+                                     if test_root else [])
+
+
+# what an option needs beyond the synthetic MedMNIST files: offline weights, a size VGG can pool, folder data
+EXTRA = {
+    # 138 M parameters: a frozen base and one checkpoint keep this test to seconds
+    "model=vgg16": ["data.image_size=32", "module.freeze_backbone=true", "callbacks.model_checkpoint.save_last=false"],
+    "model=efficientnet_lite0": ["model.pretrained=false"],
+    "experiment=mednist": ["folder"],
+    "experiment=brain_tumor_mri": ["folder+test", "model.weights=null", "model.pretrained=false", "data.image_size=32"],
+}
+
+
 @pytest.mark.parametrize(("group", "option"), CASES, ids=[f"{g}={o}" for g, o in CASES])
 def test_option_trains_a_few_steps(group: str, option: str, tmp_path: Path, medmnist_root: Path) -> None:
-    cfg = compose_train([f"{group}={option}", f"data.root={medmnist_root}", *FAST], tmp_path / "run")
+    extra = list(EXTRA.get(f"{group}={option}", []))
+    if extra[:1] in (["folder"], ["folder+test"]):
+        extra[:1] = folder_data(tmp_path, test_root=extra[0] == "folder+test")
+    else:
+        extra.append(f"data.root={medmnist_root}")
+    cfg = compose_train([f"{group}={option}", *extra, *FAST], tmp_path / "run")
     metrics = train(cfg)
     assert 0.0 <= metrics["test"]["test/acc"] <= 1.0
     assert json.loads((tmp_path / "run" / "metrics.json").read_text())["test"] == metrics["test"]

@@ -171,7 +171,9 @@ class ClassificationDataModule(L.LightningDataModule):
         chans = self.in_chans or info.in_chans
         arrays = {s: to_channels(x, chans) for s, (x, _) in splits.items()}
         labels = {s: encode_labels(y, info.task) for s, (_, y) in splits.items()}
-        mean, std = channel_stats(arrays["train"]) if self.mean is None else (self.mean, self.std)
+        mean, std = channel_stats(arrays["train"]) if self.mean is None else (list(self.mean), list(self.std))
+        if chans == 1 and len(mean) == 3 == len(std):  # RGB statistics (a pretrained backbone's) for grey input
+            mean, std = [round(sum(mean) / 3, 4)], [round(sum(std) / 3, 4)]
         if len(mean) != chans or len(std) != chans:
             raise MedclassError(f"data.mean/data.std need {chans} values each, got {mean} and {std}")
         info.in_chans, info.mean, info.std = chans, list(mean), list(std)

@@ -14,6 +14,8 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from medclass.errors import MedclassError
+from medclass.module.finetune import set_backbone_frozen, split_parameters
 from medclass.module.tasks import make_loss, make_metrics, probabilities
 from medclass.module.tta import tta_views
 
@@ -33,6 +35,9 @@ class Classifier(L.LightningModule):
         channels_last: bool = False,
         tta: str = "none",
         data_cfg: dict[str, Any] | None = None,
+        freeze_backbone: bool = False,
+        unfreeze_at_epoch: int | None = None,
+        backbone_lr_scale: float = 1.0,
     ) -> None:
         super().__init__()
         # plain containers only: a DictConfig in hparams would need pickle to load
@@ -50,6 +55,27 @@ class Classifier(L.LightningModule):
         tta_views(tta, data_info.get("symmetry", "sided"))  # fail early on a bad value
         if channels_last:
             self.net = self.net.to(memory_format=torch.channels_last)
+        if backbone_lr_scale <= 0 or (unfreeze_at_epoch is not None and unfreeze_at_epoch < 0):
+            raise MedclassError(f"module.backbone_lr_scale={backbone_lr_scale} must be > 0 and "
+                                f"module.unfreeze_at_epoch={unfreeze_at_epoch} null or >= 0")
+        if freeze_backbone or backbone_lr_scale != 1.0:
+            split_parameters(self.net)  # fail early when the network has no head to tell apart
+
+    # -- transfer learning ----------------------------------------------------------------------
+    @property
+    def backbone_frozen(self) -> bool:
+        until = self.hparams.unfreeze_at_epoch
+        return bool(self.hparams.freeze_backbone) and (until is None or self.current_epoch < until)
+
+    def train(self, mode: bool = True) -> Classifier:
+        super().train(mode)
+        if mode and "freeze_backbone" in self.hparams and self.backbone_frozen:
+            set_backbone_frozen(self.net, True)  # Lightning calls train() after every validation
+        return self
+
+    def on_train_epoch_start(self) -> None:
+        if self.hparams.freeze_backbone:
+            set_backbone_frozen(self.net, self.backbone_frozen)
 
     @property
     def class_names(self) -> list[str]:
@@ -100,8 +126,17 @@ class Classifier(L.LightningModule):
         x = batch[0] if isinstance(batch, (tuple, list)) else batch
         return self.predict_proba(x)
 
+    def _param_groups(self) -> list[dict[str, Any]] | Any:
+        """All parameters, or (backbone, head) groups when the backbone learns at a smaller rate."""
+        scale = self.hparams.backbone_lr_scale
+        if scale == 1.0:
+            return self.parameters()
+        backbone, head = split_parameters(self.net)
+        lr = self.hparams.optimizer["lr"]
+        return [{"params": backbone, "lr": lr * scale}, {"params": head, "lr": lr}]
+
     def configure_optimizers(self) -> Any:
-        optimizer = instantiate(self.hparams.optimizer)(params=self.parameters())
+        optimizer = instantiate(self.hparams.optimizer)(params=self._param_groups())
         spec = self.hparams.scheduler
         if not spec or not spec.get("scheduler"):
             return optimizer
@@ -110,7 +145,11 @@ class Classifier(L.LightningModule):
         length = self.trainer.estimated_stepping_batches if interval == "step" else self.trainer.max_epochs
         accepted = inspect.signature(build.func).parameters
         given = build.keywords
-        auto = {k: int(length) for k in ("total_steps", "T_max") if k in accepted and given.get(k) is None}
+        auto: dict[str, Any] = {k: int(length) for k in ("total_steps", "T_max")
+                                if k in accepted and given.get(k) is None}
+        if "max_lr" in accepted and len(optimizer.param_groups) > 1:  # one-cycle keeps each group's ratio
+            base = self.hparams.optimizer["lr"]
+            auto["max_lr"] = [given.get("max_lr", base) * g["lr"] / base for g in optimizer.param_groups]
         scheduler = build(optimizer, **auto)
         config = {"scheduler": scheduler, "interval": interval}
         if spec.get("monitor"):

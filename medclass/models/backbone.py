@@ -1,0 +1,92 @@
+"""Pretrained backbones through timm: any of its models, ImageNet weights from the hub or a local file.
+
+timm does the fiddly parts itself: `in_chans=1` folds an RGB stem's weights into one channel,
+a different `num_classes` gets a fresh head, and a local file loads with `weights_only=True`
+(`.pth` state dict or `.safetensors`). What this module adds is the offline story: a requested
+pretrained model never falls back to random weights silently.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import timm
+from torch import nn
+
+from medclass.errors import MedclassError
+
+
+def _check_name(name: str) -> None:
+    if not timm.is_model(name):
+        close = timm.list_models(f"*{name.split('_')[0]}*")[:12]
+        raise MedclassError(f"model.name={name!r} is not a timm model; similar names: {', '.join(close) or 'none'}")
+
+
+def timm_model(
+    name: str,
+    in_chans: int = 3,
+    num_classes: int = 2,
+    pretrained: bool = False,
+    weights: str | None = None,
+    **kwargs: Any,
+) -> nn.Module:
+    """`timm.create_model` with weights from `weights` (a local file) or, if `pretrained`, the hub.
+
+    Extra keyword arguments (drop_rate, drop_path_rate, …) go to timm unchanged.
+    """
+    _check_name(name)
+    options: dict[str, Any] = {"num_classes": num_classes, "in_chans": in_chans, **kwargs}
+    if weights:
+        path = Path(weights).expanduser()
+        if not path.is_file():
+            raise MedclassError(f"model.weights={weights} is not a file; give the path of a .pth or .safetensors "
+                                "state dict, or model.weights=null")
+        options.update(pretrained=True, pretrained_cfg_overlay={"file": str(path)})
+    elif pretrained:
+        options["pretrained"] = True
+    try:
+        model = timm.create_model(name, **options)
+    except Exception as err:  # never fall back to random weights when weights were asked for
+        if weights:
+            raise MedclassError(f"model.weights={weights} does not fit timm model {name!r}: {err}") from err
+        if pretrained:
+            raise MedclassError(
+                f"could not get pretrained weights for {name!r} ({type(err).__name__}: {err}); offline, copy a "
+                "weights file here and set model.weights=<path>, or train from scratch with model.pretrained=false"
+            ) from err
+        raise
+    if weights:
+        _check_file_covers(model, str(path), name)
+    return model
+
+
+def _check_file_covers(model: nn.Module, path: str, name: str) -> None:
+    """timm loads with strict=False once the head is replaced, which would leave unmatched layers random."""
+    state = timm.models.load_state_dict(path, weights_only=True)
+    heads = model.pretrained_cfg.get("classifier") or ()
+    heads = (heads,) if isinstance(heads, str) else tuple(heads)
+
+    def body(keys: Any) -> set[str]:
+        return {k for k in keys if not k.startswith(tuple(f"{h}." for h in heads))}
+
+    missing = sorted(body(model.state_dict()) - set(state))
+    unexpected = sorted(body(state) - set(model.state_dict()))
+    if missing or unexpected:
+        raise MedclassError(
+            f"model.weights={path} does not fit timm model {name!r}: {len(missing)} of its layers are not in the "
+            f"file (e.g. {', '.join(missing[:3]) or '-'}) and {len(unexpected)} file entries are not in the model "
+            f"(e.g. {', '.join(unexpected[:3]) or '-'}); use the weights of the same architecture"
+        )
+
+
+def pretrained_normalization(model_cfg: Any) -> tuple[list[float], list[float]] | None:
+    """The mean/std a pretrained timm backbone was trained with; None for scratch models (data statistics win)."""
+    target = str(model_cfg.get("_target_", ""))
+    if not target.endswith("timm_model") or not (model_cfg.get("pretrained") or model_cfg.get("weights")):
+        return None
+    _check_name(model_cfg["name"])
+    cfg = timm.get_pretrained_cfg(model_cfg["name"])
+    if cfg is None:
+        return None
+    return list(cfg.mean), list(cfg.std)

@@ -1,0 +1,44 @@
+"""Transfer learning: which parameters are the head, a frozen base, and a smaller learning rate for it.
+
+The head is what timm's `get_classifier()` returns, or a `.head` attribute (SimpleCNN). Every
+parameter is in the optimizer from the first step (two groups), and a frozen base simply has
+`requires_grad=False` with its BatchNorm layers in eval mode, so unfreezing later needs no new
+optimizer or scheduler state.
+"""
+
+from __future__ import annotations
+
+from torch import nn
+
+from medclass.errors import MedclassError
+
+
+def head_of(net: nn.Module) -> nn.Module:
+    head = net.get_classifier() if hasattr(net, "get_classifier") else getattr(net, "head", None)
+    if not isinstance(head, nn.Module) or not any(True for _ in head.parameters()):
+        raise MedclassError(
+            f"{type(net).__name__} has no trainable head (a get_classifier() method or a .head module); "
+            "module.freeze_backbone and module.backbone_lr_scale need one"
+        )
+    return head
+
+
+def split_parameters(net: nn.Module) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
+    """(backbone, head) parameters."""
+    head = {id(p) for p in head_of(net).parameters()}
+    params = list(net.parameters())
+    return [p for p in params if id(p) not in head], [p for p in params if id(p) in head]
+
+
+def backbone_modules(net: nn.Module) -> list[nn.Module]:
+    head = set(head_of(net).modules())
+    return [m for m in net.modules() if m not in head]
+
+
+def set_backbone_frozen(net: nn.Module, frozen: bool) -> None:
+    """Freeze or unfreeze the base; frozen BatchNorm layers keep their running statistics (eval mode)."""
+    for p in split_parameters(net)[0]:
+        p.requires_grad_(not frozen)
+    for m in backbone_modules(net):
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and frozen:
+            m.eval()

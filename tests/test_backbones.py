@@ -1,0 +1,127 @@
+"""Pretrained backbones: every preset builds, local weights load strictly, offline gives a clear error,
+a frozen base stays put while the head learns."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+from hydra.utils import instantiate
+
+from medclass.errors import MedclassError
+from medclass.models import pretrained_normalization, timm_model
+from medclass.module import Classifier
+
+from .conftest import CONF, FAST, compose_train, run_script
+
+WEIGHTS = Path(os.environ.get("MEDCLASS_WEIGHTS") or CONF.parents[1] / "shared" / "weights")
+LITE0 = WEIGHTS / "tf_efficientnet_lite0_in1k_timm.pth"
+needs_lite0 = pytest.mark.skipif(not LITE0.is_file(), reason=f"{LITE0} not present")
+
+
+@pytest.mark.parametrize("preset", ["resnet18", "resnet50", "vgg16", "efficientnet_lite0", "timm"])
+@pytest.mark.parametrize("chans", [1, 3])
+def test_every_preset_builds_for_grey_and_colour(preset: str, chans: int, tmp_path: Path) -> None:
+    cfg = compose_train([f"model={preset}", "model.pretrained=false"], tmp_path)
+    net = instantiate(cfg.model, in_chans=chans, num_classes=5)
+    size = 32
+    with torch.no_grad():
+        assert net.eval()(torch.rand(2, chans, size, size)).shape == (2, 5)
+
+
+@needs_lite0
+def test_local_weights_load_and_change_the_outputs() -> None:
+    torch.manual_seed(0)
+    scratch = timm_model("tf_efficientnet_lite0", in_chans=3, num_classes=1000).eval()
+    loaded = timm_model("tf_efficientnet_lite0", in_chans=3, num_classes=1000, weights=str(LITE0)).eval()
+    state = torch.load(LITE0, map_location="cpu", weights_only=True)
+    for key, value in state.items():  # every tensor of the file, byte for byte
+        assert torch.equal(loaded.state_dict()[key], value), key
+    x = torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        assert not torch.allclose(scratch(x), loaded(x))
+    grey = timm_model("tf_efficientnet_lite0", in_chans=1, num_classes=4, weights=str(LITE0))
+    assert grey.conv_stem.weight.shape[1] == 1 and grey.get_classifier().out_features == 4
+
+
+def test_weight_and_download_errors_name_the_fix(tmp_path: Path) -> None:
+    with pytest.raises(MedclassError, match="is not a file"):
+        timm_model("resnet18", weights=str(tmp_path / "missing.pth"))
+    bad = tmp_path / "other.pth"
+    torch.save({"not.a.layer": torch.zeros(1)}, bad)
+    with pytest.raises(MedclassError, match="does not fit timm model 'resnet18'"):
+        timm_model("resnet18", weights=str(bad))
+    with pytest.raises(MedclassError, match="not a timm model"):
+        timm_model("resnet_eighteen")
+
+
+def test_offline_pretrained_request_is_one_error_line(blood_root: Path, tmp_path: Path) -> None:
+    """A cluster node with no internet and an empty cache: train.py stops, naming both ways out."""
+    hub_off = {"HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path), "TORCH_HOME": str(tmp_path)}
+    proc = run_script("train.py", "model=resnet18", "model.pretrained=true", f"data.root={blood_root}",
+                      f"hydra.run.dir={tmp_path / 'run'}", *FAST, env=hub_off)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    assert "error: could not get pretrained weights for 'resnet18'" in proc.stderr
+    assert "model.weights=<path>" in proc.stderr and "model.pretrained=false" in proc.stderr
+    assert not (tmp_path / "run" / "checkpoints").exists()  # nothing trained on random weights
+
+
+def test_pretrained_normalization_only_for_pretrained_timm_models(tmp_path: Path) -> None:
+    lite = compose_train(["model=efficientnet_lite0"], tmp_path).model
+    assert pretrained_normalization(lite) == ([0.5] * 3, [0.5] * 3)
+    assert pretrained_normalization(compose_train(["model=resnet18"], tmp_path).model) is None
+    assert pretrained_normalization(compose_train(["model=cnn"], tmp_path).model) is None
+
+
+def frozen_module(tmp_path: Path, *extra: str) -> Classifier:
+    cfg = compose_train(["model=resnet18", "module.freeze_backbone=true", *extra], tmp_path)
+    info = {"task": "multi-class", "class_names": ["a", "b", "c"], "in_chans": 1, "image_size": 32,
+            "mean": [0.5], "std": [0.25], "symmetry": "sided"}
+    return instantiate(cfg.module, data_info=info)
+
+
+def test_frozen_base_stays_put_while_the_head_learns(tmp_path: Path) -> None:
+    module = frozen_module(tmp_path, "scheduler=none")
+    before = {k: v.clone() for k, v in module.net.state_dict().items()}
+    optimizer = module.configure_optimizers()
+    module.train()
+    x, y = torch.rand(8, 1, 32, 32), torch.randint(0, 3, (8,))
+    loss = module.loss(module(x), y)
+    loss.backward()
+    optimizer.step()
+    after = module.net.state_dict()
+    head = {f"fc.{k}" for k in module.net.fc.state_dict()}
+    moved = {k for k in before if not torch.equal(before[k], after[k])}
+    assert moved == head  # not one backbone weight nor BatchNorm statistic changed
+
+
+class Probe(L.Callback):
+    """Records the first backbone weight and the optimizer's learning rates at every epoch end."""
+
+    def __init__(self) -> None:
+        self.weights: list[torch.Tensor] = []
+        self.lrs: list[list[float]] = []
+
+    def on_train_epoch_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        self.weights.append(module.net.conv1.weight.detach().clone())
+        self.lrs.append([g["lr"] for g in trainer.optimizers[0].param_groups])
+
+
+def test_unfreezing_after_an_epoch_with_a_smaller_backbone_rate(blood_root: Path, tmp_path: Path) -> None:
+    cfg = compose_train(["model=resnet18", "module.freeze_backbone=true", "module.unfreeze_at_epoch=1",
+                         "module.backbone_lr_scale=0.1", "scheduler=onecycle", f"data.root={blood_root}",
+                         *FAST, "trainer.max_epochs=3"], tmp_path)
+    dm = instantiate(cfg.data)
+    module = instantiate(cfg.module, data_info=dm.info.as_dict())
+    start = module.net.conv1.weight.detach().clone()
+    probe = Probe()
+    trainer = L.Trainer(max_epochs=3, limit_train_batches=2, limit_val_batches=1, logger=False,
+                        enable_checkpointing=False, enable_progress_bar=False, callbacks=[probe])
+    trainer.fit(module, datamodule=dm)
+    assert torch.equal(probe.weights[0], start)  # epoch 0: frozen
+    assert not torch.equal(probe.weights[1], probe.weights[0])  # epoch 1: learning
+    for backbone_lr, head_lr in probe.lrs:
+        assert backbone_lr == pytest.approx(0.1 * head_lr)
