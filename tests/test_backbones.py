@@ -47,6 +47,16 @@ def test_local_weights_load_and_change_the_outputs() -> None:
     assert grey.conv_stem.weight.shape[1] == 1 and grey.get_classifier().out_features == 4
 
 
+@needs_lite0
+def test_pretrained_looks_in_the_weights_folder_first(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MEDCLASS_WEIGHTS", str(LITE0.parent))
+    found = timm_model("tf_efficientnet_lite0", num_classes=1000, pretrained=True).state_dict()
+    state = torch.load(LITE0, map_location="cpu", weights_only=True)
+    assert all(torch.equal(found[k], v) for k, v in state.items())
+    scratch = timm_model("tf_efficientnet_lite0", num_classes=1000, pretrained=False).state_dict()
+    assert not torch.equal(scratch["conv_stem.weight"], state["conv_stem.weight"])  # the folder is for pretrained only
+
+
 def test_weight_and_download_errors_name_the_fix(tmp_path: Path) -> None:
     with pytest.raises(MedclassError, match="is not a file"):
         timm_model("resnet18", weights=str(tmp_path / "missing.pth"))

@@ -64,6 +64,7 @@ EXTRA = {
     "model=vgg16": ["data.image_size=32", "module.freeze_backbone=true", "callbacks.model_checkpoint.save_last=false"],
     "model=efficientnet_lite0": ["model.pretrained=false"],
     "experiment=mednist": ["folder"],
+    "experiment=modality": ["folder"],
     "experiment=brain_tumor_mri": ["folder+test", "model.weights=null", "model.pretrained=false", "data.image_size=32"],
 }
 

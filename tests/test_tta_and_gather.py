@@ -28,6 +28,16 @@ def test_dihedral_views_are_distinct_and_averaged() -> None:
     assert torch.equal(views[0], x)  # the plain view comes first: the loss is computed on it
 
 
+def test_shift_views_move_one_pixel_without_wrapping() -> None:
+    x = torch.arange(28.0 * 28).view(1, 1, 28, 28)
+    views = tta_views("shift", "sided")
+    assert len(views) == 5 and len(tta_views("shift", "mirror")) == 6
+    up = views[1](x)  # dy=-1: row i shows row i-1, the first row repeated
+    assert torch.equal(up[..., 1:, :], x[..., :-1, :]) and torch.equal(up[..., 0, :], x[..., 0, :])
+    assert torch.equal(views[4](x)[..., :, :-1], x[..., :, 1:])  # dx=+1
+    assert views[1](torch.zeros(2, 3, 56, 56)).shape == (2, 3, 56, 56)
+
+
 def test_gather_groups_seeds(tmp_path: Path) -> None:
     for i, (seed, acc) in enumerate([(1, 0.9), (2, 0.8), (1, 0.5)]):
         run = tmp_path / str(i)

@@ -2,12 +2,14 @@
 
 timm does the fiddly parts itself: `in_chans=1` folds an RGB stem's weights into one channel,
 a different `num_classes` gets a fresh head, and a local file loads with `weights_only=True`
-(`.pth` state dict or `.safetensors`). What this module adds is the offline story: a requested
-pretrained model never falls back to random weights silently.
+(`.pth` state dict or `.safetensors`). What this module adds is the offline story: weights come
+from `model.weights`, else from a file named after the model in `$MEDCLASS_WEIGHTS`, else from the
+hub, and a requested pretrained model never falls back to random weights silently.
 """
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +17,9 @@ import timm
 from torch import nn
 
 from medclass.errors import MedclassError
+
+WEIGHTS_ENV = "MEDCLASS_WEIGHTS"
+SUFFIXES = (".safetensors", ".pth", ".pt", ".bin")
 
 
 def _check_name(name: str) -> None:
@@ -31,12 +36,14 @@ def timm_model(
     weights: str | None = None,
     **kwargs: Any,
 ) -> nn.Module:
-    """`timm.create_model` with weights from `weights` (a local file) or, if `pretrained`, the hub.
+    """`timm.create_model` with weights from `weights` (a local file) or, if `pretrained`, a file in
+    `$MEDCLASS_WEIGHTS` whose name starts with the model's, or the hub.
 
     Extra keyword arguments (drop_rate, drop_path_rate, …) go to timm unchanged.
     """
     _check_name(name)
     options: dict[str, Any] = {"num_classes": num_classes, "in_chans": in_chans, **kwargs}
+    weights = weights or (local_weights(name) if pretrained else None)
     if weights:
         path = Path(weights).expanduser()
         if not path.is_file():
@@ -53,12 +60,22 @@ def timm_model(
         if pretrained:
             raise MedclassError(
                 f"could not get pretrained weights for {name!r} ({type(err).__name__}: {err}); offline, copy a "
-                "weights file here and set model.weights=<path>, or train from scratch with model.pretrained=false"
+                f"weights file here and set model.weights=<path> (or put {name}.pth in ${WEIGHTS_ENV}), or train "
+                "from scratch with model.pretrained=false"
             ) from err
         raise
     if weights:
         _check_file_covers(model, str(path), name)
     return model
+
+
+def local_weights(name: str) -> str | None:
+    """The first `<name>*.safetensors|.pth|…` in `$MEDCLASS_WEIGHTS`, the offline stand-in for the hub."""
+    folder = Path(os.environ.get(WEIGHTS_ENV) or "").expanduser()
+    if not os.environ.get(WEIGHTS_ENV) or not folder.is_dir():
+        return None
+    found = sorted(p for p in folder.glob(f"{name}*") if p.suffix in SUFFIXES and p.is_file())
+    return str(found[0]) if found else None
 
 
 def _check_file_covers(model: nn.Module, path: str, name: str) -> None:

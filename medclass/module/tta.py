@@ -6,6 +6,7 @@ from collections.abc import Callable
 from functools import partial
 
 import torch
+from torch.nn import functional as F
 
 from medclass.errors import MedclassError
 
@@ -17,16 +18,28 @@ def _turn(x: torch.Tensor, quarter_turns: int = 0, mirror: bool = False) -> torc
     return torch.rot90(x.flip(-1) if mirror else x, quarter_turns, dims=(-2, -1))
 
 
+def _shift(x: torch.Tensor, dy: int = 0, dx: int = 0) -> torch.Tensor:
+    """Move the image by one pixel per unit of 28 px, repeating the border (no wrap-around)."""
+    step = max(1, round(x.shape[-1] / 28))
+    padded = F.pad(x, (step, step, step, step), mode="replicate")
+    top, left = step + dy * step, step + dx * step
+    return padded[..., top : top + x.shape[-2], left : left + x.shape[-1]]
+
+
 _IDENTITY: list[View] = [_turn]
 _MIRROR: list[View] = [_turn, partial(_turn, mirror=True)]
 _DIHEDRAL: list[View] = [partial(_turn, quarter_turns=k, mirror=m) for m in (False, True) for k in range(4)]
+_SHIFTS: list[View] = [partial(_shift, dy=dy, dx=dx) for dy, dx in ((-1, 0), (1, 0), (0, -1), (0, 1))]
 VIEWS = {"invariant": _DIHEDRAL, "mirror": _MIRROR, "sided": _IDENTITY}
-MODES = ("none", "auto")
+MODES = ("none", "auto", "shift")
 
 
 def tta_views(mode: str, symmetry: str) -> list[View]:
-    """`auto`: every view the dataset's symmetry allows (8 for invariant, 2 for mirror, 1 for sided)."""
+    """`auto`: every view the dataset's symmetry allows (8 for invariant, 2 for mirror, 1 for sided);
+    `shift`: those plus four one-pixel shifts, which keep any label, sided anatomy included."""
     if mode not in MODES:
         raise MedclassError(f"module.tta={mode!r} is not one of {MODES}")
-    return _IDENTITY if mode == "none" else VIEWS.get(symmetry, _IDENTITY)
+    if mode == "none":
+        return _IDENTITY
+    return VIEWS.get(symmetry, _IDENTITY) + (_SHIFTS if mode == "shift" else [])
 
