@@ -95,6 +95,8 @@ def frozen_module(tmp_path: Path, *extra: str) -> Classifier:
 
 def test_frozen_base_stays_put_while_the_head_learns(tmp_path: Path) -> None:
     module = frozen_module(tmp_path, "scheduler=none")
+    trainable = sum(p.numel() for p in module.parameters() if p.requires_grad)
+    assert trainable == sum(p.numel() for p in module.net.fc.parameters())  # frozen from construction on
     before = {k: v.clone() for k, v in module.net.state_dict().items()}
     optimizer = module.configure_optimizers()
     module.train()

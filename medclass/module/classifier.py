@@ -60,6 +60,8 @@ class Classifier(L.LightningModule):
                                 f"module.unfreeze_at_epoch={unfreeze_at_epoch} null or >= 0")
         if freeze_backbone or backbone_lr_scale != 1.0:
             split_parameters(self.net)  # fail early when the network has no head to tell apart
+        if self.backbone_frozen:  # from the start, so the model summary counts what really trains
+            set_backbone_frozen(self.net, True)
 
     # -- transfer learning ----------------------------------------------------------------------
     @property
