@@ -58,24 +58,26 @@ def folder_data(tmp_path: Path, test_root: bool = False) -> list[str]:
                                      if test_root else [])
 
 
+def synthetic(tmp_path: Path, medmnist_root: Path) -> list[str]:
+    return [f"data.root={medmnist_root}"]
+
+
 # what an option needs beyond the synthetic MedMNIST files: offline weights, a size VGG can pool, folder data
 EXTRA = {
     # 138 M parameters: a frozen base and one checkpoint keep this test to seconds
-    "model=vgg16": ["data.image_size=32", "module.freeze_backbone=true", "callbacks.model_checkpoint.save_last=false"],
-    "model=efficientnet_lite0": ["model.pretrained=false"],
-    "experiment=mednist": ["folder"],
-    "experiment=modality": ["folder"],
-    "experiment=brain_tumor_mri": ["folder+test", "model.weights=null", "model.pretrained=false", "data.image_size=32"],
+    "model=vgg16": lambda tmp, root: [*synthetic(tmp, root), "data.image_size=32", "module.freeze_backbone=true",
+                                      "callbacks.model_checkpoint.save_last=false"],
+    "model=efficientnet_lite0": lambda tmp, root: [*synthetic(tmp, root), "model.pretrained=false"],
+    "experiment=mednist": lambda tmp, root: folder_data(tmp),
+    "experiment=modality": lambda tmp, root: folder_data(tmp),
+    "experiment=brain_tumor_mri": lambda tmp, root: [*folder_data(tmp, test_root=True), "model.pretrained=false",
+                                                     "data.image_size=32"],
 }
 
 
 @pytest.mark.parametrize(("group", "option"), CASES, ids=[f"{g}={o}" for g, o in CASES])
 def test_option_trains_a_few_steps(group: str, option: str, tmp_path: Path, medmnist_root: Path) -> None:
-    extra = list(EXTRA.get(f"{group}={option}", []))
-    if extra[:1] in (["folder"], ["folder+test"]):
-        extra[:1] = folder_data(tmp_path, test_root=extra[0] == "folder+test")
-    else:
-        extra.append(f"data.root={medmnist_root}")
+    extra = EXTRA.get(f"{group}={option}", synthetic)(tmp_path, medmnist_root)
     cfg = compose_train([f"{group}={option}", *extra, *FAST], tmp_path / "run")
     metrics = train(cfg)
     assert 0.0 <= metrics["test"]["test/acc"] <= 1.0
