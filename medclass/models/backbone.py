@@ -72,7 +72,7 @@ def timm_model(
 def local_weights(name: str) -> str | None:
     """The first `<name>*.safetensors|.pth|…` in `$MEDCLASS_WEIGHTS`, the offline stand-in for the hub."""
     folder = Path(os.environ.get(WEIGHTS_ENV) or "").expanduser()
-    if not os.environ.get(WEIGHTS_ENV) or not folder.is_dir():
+    if folder == Path() or not folder.is_dir():  # unset: not the current folder
         return None
     found = sorted(p for p in folder.glob(f"{name}*") if p.suffix in SUFFIXES and p.is_file())
     return str(found[0]) if found else None

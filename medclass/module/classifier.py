@@ -58,10 +58,10 @@ class Classifier(L.LightningModule):
         if backbone_lr_scale <= 0 or (unfreeze_at_epoch is not None and unfreeze_at_epoch < 0):
             raise MedclassError(f"module.backbone_lr_scale={backbone_lr_scale} must be > 0 and "
                                 f"module.unfreeze_at_epoch={unfreeze_at_epoch} null or >= 0")
-        if freeze_backbone or backbone_lr_scale != 1.0:
-            split_parameters(self.net)  # fail early when the network has no head to tell apart
         if self.backbone_frozen:  # from the start, so the model summary counts what really trains
             set_backbone_frozen(self.net, True)
+        elif freeze_backbone or backbone_lr_scale != 1.0:
+            split_parameters(self.net)  # fail early when the network has no head to tell apart
 
     # -- transfer learning ----------------------------------------------------------------------
     @property
