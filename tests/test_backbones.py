@@ -11,6 +11,8 @@ import pytest
 import torch
 from hydra.utils import instantiate
 
+from medclass.checkpoint import load_classifier
+from medclass.cli import find_user_error
 from medclass.errors import MedclassError
 from medclass.models import pretrained_normalization, timm_model
 from medclass.module import Classifier
@@ -137,3 +139,28 @@ def test_unfreezing_after_an_epoch_with_a_smaller_backbone_rate(blood_root: Path
     assert not torch.equal(probe.weights[1], probe.weights[0])  # epoch 1: learning
     for backbone_lr, head_lr in probe.lrs:
         assert backbone_lr == pytest.approx(0.1 * head_lr)
+
+
+def test_frozen_layers_stay_put_also_after_the_base_unfreezes(blood_root: Path, tmp_path: Path) -> None:
+    cfg = compose_train(["model=resnet18", "module.freeze_backbone=true", "module.unfreeze_at_epoch=1",
+                         "module.freeze_layers=[conv1,bn1,layer1]", f"data.root={blood_root}", *FAST], tmp_path)
+    dm = instantiate(cfg.data)
+    module = instantiate(cfg.module, data_info=dm.info.as_dict())
+    before = {k: v.clone() for k, v in module.net.state_dict().items()}
+    trainer = L.Trainer(max_epochs=2, limit_train_batches=2, limit_val_batches=1, logger=False,
+                        enable_checkpointing=False, enable_progress_bar=False)
+    trainer.fit(module, datamodule=dm)
+    after = module.net.state_dict()
+    moved = {k.split(".")[0] for k in before if not torch.equal(before[k], after[k])}
+    assert moved == {"layer2", "layer3", "layer4", "fc"}  # BatchNorm statistics of the frozen layers too
+    trainer.save_checkpoint(tmp_path / "frozen.ckpt")
+    reloaded = load_classifier(tmp_path / "frozen.ckpt").net.state_dict()  # same layers frozen, same keys
+    assert all(torch.equal(after[k], reloaded[k]) for k in after) and after.keys() == reloaded.keys()
+
+
+def test_an_unknown_layer_to_freeze_names_the_real_ones(tmp_path: Path) -> None:
+    with pytest.raises(Exception) as raised:
+        frozen_module(tmp_path, "module.freeze_layers=[stem]")
+    message = str(find_user_error(raised.value))
+    assert "no layer 'stem'; its top-level layers are conv1, bn1, act1, maxpool, layer1" in message
+    assert "e.g. layer1.0" in message

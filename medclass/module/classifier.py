@@ -12,16 +12,16 @@ from typing import Any
 import lightning as L
 import torch
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from medclass.errors import MedclassError
-from medclass.module.finetune import set_backbone_frozen, split_parameters
+from medclass.module.finetune import freeze_named_layers, set_backbone_frozen, split_parameters
 from medclass.module.tasks import make_loss, make_metrics, probabilities
 from medclass.module.tta import tta_views
 
 
 def to_plain(cfg: Any) -> Any:
-    return OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else cfg
+    return OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, (DictConfig, ListConfig)) else cfg
 
 
 class Classifier(L.LightningModule):
@@ -38,10 +38,12 @@ class Classifier(L.LightningModule):
         freeze_backbone: bool = False,
         unfreeze_at_epoch: int | None = None,
         backbone_lr_scale: float = 1.0,
+        freeze_layers: list[str] | None = None,
     ) -> None:
         super().__init__()
         # plain containers only: a DictConfig in hparams would need pickle to load
-        net, data_info, optimizer, scheduler, data_cfg = map(to_plain, (net, data_info, optimizer, scheduler, data_cfg))
+        net, data_info, optimizer, scheduler, data_cfg, freeze_layers = map(
+            to_plain, (net, data_info, optimizer, scheduler, data_cfg, freeze_layers))
         self.save_hyperparameters()
         self.task = data_info["task"]
         self.num_classes = len(data_info["class_names"])
@@ -53,6 +55,7 @@ class Classifier(L.LightningModule):
         self.eval_split = "test"  # eval.py renames the test metrics after the split it evaluates
         self.tta = tta  # eval.py may switch it
         tta_views(tta, data_info.get("symmetry", "sided"))  # fail early on a bad value
+        freeze_named_layers(self.net, self.frozen_layers)
         if channels_last:
             self.net = self.net.to(memory_format=torch.channels_last)
         if backbone_lr_scale <= 0 or (unfreeze_at_epoch is not None and unfreeze_at_epoch < 0):
@@ -64,6 +67,10 @@ class Classifier(L.LightningModule):
             split_parameters(self.net)  # fail early when the network has no head to tell apart
 
     # -- transfer learning ----------------------------------------------------------------------
+    @property
+    def frozen_layers(self) -> list[str]:
+        return list(self.hparams.get("freeze_layers") or [])
+
     @property
     def backbone_frozen(self) -> bool:
         until = self.hparams.unfreeze_at_epoch
@@ -78,6 +85,7 @@ class Classifier(L.LightningModule):
     def on_train_epoch_start(self) -> None:
         if self.hparams.freeze_backbone:
             set_backbone_frozen(self.net, self.backbone_frozen)
+            freeze_named_layers(self.net, self.frozen_layers)  # unfreezing the base leaves these frozen
 
     @property
     def class_names(self) -> list[str]:

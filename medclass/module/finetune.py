@@ -1,4 +1,5 @@
-"""Transfer learning: which parameters are the head, a frozen base, and a smaller learning rate for it.
+"""Transfer learning: which parameters are the head, a frozen base, frozen early layers, and a smaller
+learning rate for the base.
 
 The head is what timm's `get_classifier()` returns, or a `.head` attribute (SimpleCNN). Every
 parameter is in the optimizer from the first step (two groups), and a frozen base simply has
@@ -8,6 +9,9 @@ optimizer or scheduler state.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
+from timm.utils.model import freeze
 from torch import nn
 
 from medclass.errors import MedclassError
@@ -42,3 +46,25 @@ def set_backbone_frozen(net: nn.Module, frozen: bool) -> None:
     for m in backbone_modules(net):
         if isinstance(m, nn.modules.batchnorm._BatchNorm) and frozen:
             m.eval()
+
+
+def freeze_named_layers(net: nn.Module, names: Sequence[str]) -> None:
+    """Freeze named layers for the whole run, BatchNorm statistics included (timm's `freeze`).
+
+    Freezing the stem and first blocks costs little accuracy in fine-tuning and saves their backward
+    pass, the most expensive one at full resolution: 1.5x more images a second for EfficientNet-Lite0
+    at 128 px on a CPU (benchmarks/finetune_speed.py).
+    """
+    if not names:
+        return
+    known = dict(net.named_modules())
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        top = ", ".join(n for n, _ in net.named_children())
+        lists = (n for n, c in net.named_children() if isinstance(c, (nn.Sequential, nn.ModuleList)) and len(c))
+        deeper = next((f"{n}.0" for n in lists), "")
+        raise MedclassError(
+            f"module.freeze_layers: {type(net).__name__} has no layer {', '.join(map(repr, unknown))}; "
+            f"its top-level layers are {top}" + (f" (deeper ones by dotted name, e.g. {deeper})" if deeper else "")
+        )
+    freeze(net, list(names))
