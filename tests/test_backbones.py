@@ -164,3 +164,21 @@ def test_an_unknown_layer_to_freeze_names_the_real_ones(tmp_path: Path) -> None:
     message = str(find_user_error(raised.value))
     assert "no layer 'stem'; its top-level layers are conv1, bn1, act1, maxpool, layer1" in message
     assert "e.g. layer1.0" in message
+
+
+@pytest.mark.parametrize(("name", "side"), [("resnet18", 4), ("tf_efficientnet_lite0", 2)])
+def test_small_input_keeps_the_stem_at_full_resolution(name: str, side: int) -> None:
+    x = torch.rand(2, 1, 28, 28)
+    assert timm_model(name, in_chans=1, num_classes=3).forward_features(x).shape[-1] == 1
+    small = timm_model(name, in_chans=1, num_classes=3, small_input=True)
+    assert small.forward_features(x).shape[-1] == side
+    assert small(x).shape == (2, 3)
+
+
+@needs_lite0
+def test_small_input_keeps_pretrained_weights_loadable() -> None:
+    net = timm_model("tf_efficientnet_lite0", in_chans=3, num_classes=4, weights=str(LITE0), small_input=True)
+    reference = timm_model("tf_efficientnet_lite0", in_chans=3, num_classes=4, weights=str(LITE0))
+    assert torch.equal(net.conv_stem.weight, reference.conv_stem.weight) and net.conv_stem.stride == (1, 1)
+    with pytest.raises(MedclassError, match="'vgg16' has no strided first convolution"):
+        timm_model("vgg16", in_chans=1, num_classes=2, small_input=True)

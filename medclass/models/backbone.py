@@ -34,11 +34,13 @@ def timm_model(
     num_classes: int = 2,
     pretrained: bool = False,
     weights: str | None = None,
+    small_input: bool = False,
     **kwargs: Any,
 ) -> nn.Module:
     """`timm.create_model` with weights from `weights` (a local file) or, if `pretrained`, a file in
     `$MEDCLASS_WEIGHTS` whose name starts with the model's, or the hub.
 
+    `small_input` keeps the stem at full resolution for 28–64 px images (`full_resolution_stem`).
     Extra keyword arguments (drop_rate, drop_path_rate, …) go to timm unchanged.
     """
     _check_name(name)
@@ -66,7 +68,28 @@ def timm_model(
         raise
     if weights:
         _check_file_covers(model, str(path), name)
+    if small_input:
+        full_resolution_stem(model, name)
     return model
+
+
+def full_resolution_stem(model: nn.Module, name: str) -> None:
+    """First convolution at stride 1 and no stem max-pool, as CIFAR-style ResNets (MedMNIST's ResNet-18 (28)).
+
+    A 28 px image then reaches the last stage at 4 px instead of 1; the weights keep their shapes, so
+    pretrained ones still load. README "Model" compares it with resizing the input.
+    """
+    conv = next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
+    changed = conv is not None and conv.stride != (1, 1)
+    if changed:
+        conv.stride = (1, 1)
+    if isinstance(getattr(model, "maxpool", None), nn.MaxPool2d):
+        model.maxpool, changed = nn.Identity(), True
+    if not changed:
+        raise MedclassError(
+            f"model.small_input=true: {name!r} has no strided first convolution or stem max-pool to remove; "
+            "set model.small_input=false and resize small images with data.image_size"
+        )
 
 
 def local_weights(name: str) -> str | None:
