@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import sys
+
 import hydra
 from omegaconf import DictConfig
 
-from medclass.cli import report_user_errors
+from medclass.cli import check_command_line, report_user_errors
 from medclass.runner import evaluate
 
 
@@ -16,4 +18,5 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    check_command_line(sys.argv[1:])
     main()

@@ -15,6 +15,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from omegaconf import DictConfig, OmegaConf
 
 from medclass.data import ClassificationDataModule
+from medclass.errors import MedclassError
 from medclass.models import pretrained_normalization
 from medclass.module import Classifier
 from medclass.module.classifier import to_plain as plain
@@ -42,9 +43,20 @@ def build_trainer(cfg: DictConfig, **overrides: Any) -> L.Trainer:
     return instantiate(cfg.trainer, **overrides)
 
 
+def refuse_to_overwrite(cfg: DictConfig) -> None:
+    """A run folder that already holds checkpoints is resumed (`ckpt_path=last`), never silently overwritten."""
+    dirpath = OmegaConf.select(cfg, "callbacks.model_checkpoint.dirpath")
+    if cfg.train and cfg.ckpt_path is None and dirpath and any(Path(dirpath).glob("*.ckpt")):
+        raise MedclassError(
+            f"{dirpath} already holds the checkpoints of an earlier run; add ckpt_path=last to resume it, "
+            "or leave hydra.run.dir at its default for a new run folder"
+        )
+
+
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Seed, build, fit, validate and test the best checkpoint; writes config.yaml and metrics.json."""
     out = Path(cfg.paths.output_dir)
+    refuse_to_overwrite(cfg)
     out.mkdir(parents=True, exist_ok=True)
     OmegaConf.save(cfg, out / "config.yaml", resolve=True)
     L.seed_everything(cfg.seed, workers=True)
@@ -73,7 +85,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     ckpt = next((c for c in trainer.checkpoint_callbacks if isinstance(c, ModelCheckpoint)), None)
     best = ((ckpt.best_model_path or None) if ckpt else None) or cfg.ckpt_path  # train=false tests ckpt_path
     summary["best_checkpoint"] = best
-    metrics: dict[str, Any] = {"run": summary}
+    metrics: dict[str, Any] = {"run": summary, "data": {"cross_split_duplicates": datamodule.duplicates}}
     if cfg.train:
         metrics["best_val"] = scalars(trainer.validate(module, datamodule=datamodule, ckpt_path=best,
                                                        verbose=False, weights_only=True))

@@ -99,7 +99,7 @@ def test_unknown_name_and_size_list_the_valid_ones() -> None:
         MedMNISTDataModule(name="bloodmnist", size=32)
 
 
-@pytest.mark.parametrize("fault", ["missing_key", "label_range", "dtype"])
+@pytest.mark.parametrize("fault", ["missing_key", "label_range", "dtype", "label_count", "flat_images", "image_size"])
 def test_bad_npz_is_named(tmp_path: Path, fault: str) -> None:
     path = write_npz(tmp_path, "breastmnist")
     arrays = dict(np.load(path))
@@ -107,8 +107,14 @@ def test_bad_npz_is_named(tmp_path: Path, fault: str) -> None:
         del arrays["val_labels"]
     elif fault == "label_range":
         arrays["test_labels"][0] = 7
-    else:
+    elif fault == "dtype":
         arrays["train_images"] = arrays["train_images"].astype(np.float32)
+    elif fault == "label_count":
+        arrays["train_labels"] = arrays["train_labels"][:-1]
+    elif fault == "flat_images":
+        arrays["val_images"] = arrays["val_images"].reshape(len(arrays["val_images"]), -1)
+    else:
+        arrays["test_images"] = arrays["test_images"][:, :20, :20]
     np.savez(path, **arrays)
     dm = MedMNISTDataModule(name="breastmnist", root=str(tmp_path), download=False)
     with pytest.raises(MedclassError, match=str(path)):

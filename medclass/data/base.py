@@ -6,6 +6,7 @@ channel conversion, normalization statistics, transforms and loaders live here o
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -17,9 +18,11 @@ import torch
 from torch.utils.data import DataLoader, Dataset, get_worker_info
 
 from medclass.augment import BatchAugment, eval_transform
+from medclass.data.leakage import cross_split_duplicates
 from medclass.errors import MedclassError
 
 SPLITS = ("train", "val", "test")
+log = logging.getLogger("medclass")
 
 
 @dataclass
@@ -101,6 +104,15 @@ def to_channels(images: np.ndarray, channels: int) -> np.ndarray:
     raise MedclassError(f"cannot convert {have}-channel images to {channels} channels; use 1 or 3")
 
 
+def report_duplicates(duplicates: dict[str, int]) -> None:
+    found = {k: n for k, n in duplicates.items() if n}
+    if found:
+        log.warning("exact copies across splits (pixel hash; reported, not removed): %s",
+                    ", ".join(f"{n} {k.replace('_', ' ')}" for k, n in found.items()))
+    else:
+        log.info("no exact copies across train/val/test (pixel hash)")
+
+
 def channel_stats(images: np.ndarray) -> tuple[list[float], list[float]]:
     """Per-channel mean and std of uint8 (N, H, W, C) images, in 0..255 units divided by 255."""
     flat = images.reshape(-1, images.shape[-1]).astype(np.float64) / 255.0
@@ -144,6 +156,7 @@ class ClassificationDataModule(L.LightningDataModule):
         self._info: DataInfo | None = None
         self.batch_augment: BatchAugment | None = None  # augment=batch: the fast path
         self._train_images: torch.Tensor | None = None  # uint8 (N, H, W, C), moved to the training device
+        self.duplicates: dict[str, int] = {}  # exact copies across splits, e.g. {"test_in_train": 3}
 
     # -- what a subclass provides -------------------------------------------------------------
     def describe(self) -> DataInfo:
@@ -170,6 +183,8 @@ class ClassificationDataModule(L.LightningDataModule):
         splits = self.load_splits()
         chans = self.in_chans or info.in_chans
         arrays = {s: to_channels(x, chans) for s, (x, _) in splits.items()}
+        self.duplicates = cross_split_duplicates({s: arrays[s] for s in SPLITS})
+        report_duplicates(self.duplicates)
         labels = {s: encode_labels(y, info.task) for s, (_, y) in splits.items()}
         mean, std = channel_stats(arrays["train"]) if self.mean is None else (list(self.mean), list(self.std))
         if chans == 1 and len(mean) == 3 == len(std):  # RGB statistics (a pretrained backbone's) for grey input

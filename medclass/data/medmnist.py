@@ -28,6 +28,9 @@ def check_npz(path: Path, arrays: dict[str, np.ndarray], task: str, num_classes:
                 f"{path}: {split}_images must be uint8 (N, H, W[, C]) with one label row per image; "
                 f"got {x.dtype} {x.shape} images and {y.shape} labels"
             )
+        if x.shape[1:] != arrays["train_images"].shape[1:]:
+            raise MedclassError(f"{path}: {split}_images are {x.shape[1:]} but train_images are "
+                                f"{arrays['train_images'].shape[1:]}; every split needs the same image size")
         width = num_classes if task == "multi-label" else 1
         if y.reshape(len(y), -1).shape[1] != width:
             raise MedclassError(f"{path}: {split}_labels has shape {y.shape}; a {task} set needs {width} column(s)")

@@ -113,6 +113,12 @@ class Classifier(L.LightningModule):
 
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
         loss, probs, y = self._step(batch)
+        if not torch.isfinite(loss):
+            raise MedclassError(
+                f"training loss is {loss.item()} at step {self.global_step} (epoch {self.current_epoch}, batch "
+                f"{batch_idx}); lower optimizer.lr (now {self.hparams.optimizer.get('lr')}), add "
+                "trainer.gradient_clip_val=1.0, or check the inputs for NaN/inf"
+            )
         self.train_metrics.update(probs, y.long())
         self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(y))
         self.log_dict(self.train_metrics, on_step=False, on_epoch=True, batch_size=len(y))
@@ -146,7 +152,11 @@ class Classifier(L.LightningModule):
         return [{"params": backbone, "lr": lr * scale}, {"params": head, "lr": lr}]
 
     def configure_optimizers(self) -> Any:
-        optimizer = instantiate(self.hparams.optimizer)(params=self._param_groups())
+        try:
+            optimizer = instantiate(self.hparams.optimizer)(params=self._param_groups())
+        except (ValueError, TypeError) as err:  # torch's own checks: negative lr, betas out of range, …
+            raise MedclassError(f"optimizer {self.hparams.optimizer['_target_']}: {err}; fix the optimizer.* "
+                                "value") from err
         spec = self.hparams.scheduler
         if not spec or not spec.get("scheduler"):
             return optimizer
