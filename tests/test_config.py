@@ -68,7 +68,7 @@ EXTRA = {
     "model=vgg16": lambda tmp, root: [*synthetic(tmp, root), "data.image_size=32", "module.freeze_backbone=true",
                                       "callbacks.model_checkpoint.save_last=false"],
     "model=efficientnet_lite0": lambda tmp, root: [*synthetic(tmp, root), "model.pretrained=false"],
-    "experiment=mednist": lambda tmp, root: folder_data(tmp),
+    "experiment=mednist": lambda tmp, root: [*folder_data(tmp), "model.pretrained=false"],
     "experiment=modality": lambda tmp, root: folder_data(tmp),
     "experiment=brain_tumor_mri": lambda tmp, root: [*folder_data(tmp, test_root=True), "model.pretrained=false",
                                                      "data.image_size=32"],

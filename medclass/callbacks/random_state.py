@@ -1,11 +1,10 @@
-"""Random generators travel with every checkpoint, so a resumed run draws what the uninterrupted one would.
+"""Random generators travel with every checkpoint, so that a resumed run can draw what the uninterrupted one would.
 
 A run resumed from `last.ckpt` gets the weights, optimizer and scheduler back from Lightning; this
 adds the generators behind shuffling, augmentation and dropout: torch (CPU and CUDA), NumPy,
-Python's `random`, and the Albumentations pipeline's own. They are put back at the start of the
-next training epoch, not at load time, because validation before that (the sanity check) draws
-from them. Exact for `data.num_workers=0` and the batched fast path; worker processes keep their own
-streams, so with workers a resumed run is statistically, not bitwise, the same.
+Python's `random`, and the Albumentations pipeline's own. They are put back when training starts,
+not at load time, because the sanity-check validation in between draws from them. Worker processes
+keep their own streams. Known gap (issue 5): a resumed run is not yet bit-identical.
 """
 
 from __future__ import annotations
@@ -70,7 +69,7 @@ class RandomState(L.Callback):
     def on_load_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
         self._pending = checkpoint.get("random_state")
 
-    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self._pending is not None:
             restore(self._pending, trainer)
             self._pending = None
