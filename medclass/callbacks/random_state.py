@@ -9,6 +9,7 @@ keep their own streams. Known gap (issue 5): a resumed run is not yet bit-identi
 
 from __future__ import annotations
 
+import logging
 import random
 from typing import Any
 
@@ -16,6 +17,7 @@ import lightning as L
 import numpy as np
 import torch
 
+log = logging.getLogger("medclass")
 
 def _pipeline_parts(trainer: L.Trainer) -> list[Any]:
     """The training transform and every transform inside it that owns generators (Albumentations)."""
@@ -47,12 +49,15 @@ def restore(state: dict[str, Any], trainer: L.Trainer) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
     name, keys, *rest = state["numpy"]
     np.random.set_state((name, np.asarray(keys, dtype=np.uint32), *rest))
-    random.setstate(tuple(state["python"]))
+    random.setstate(_as_tuples(state["python"]))
     parts = _pipeline_parts(trainer)
-    if len(parts) == len(state["pipeline"]):
-        for part, (np_gen, py_gen) in zip(parts, state["pipeline"], strict=True):
-            part.random_generator.bit_generator.state = np_gen
-            part.py_random.setstate(_as_tuples(py_gen))
+    if len(parts) != len(state["pipeline"]):  # augment= changed since the checkpoint: its streams cannot carry over
+        log.warning("augmentation pipeline differs from the checkpoint's (%d vs %d random parts); its random "
+                    "stream starts afresh", len(parts), len(state["pipeline"]))
+        return
+    for part, (np_gen, py_gen) in zip(parts, state["pipeline"], strict=True):
+        part.random_generator.bit_generator.state = np_gen
+        part.py_random.setstate(_as_tuples(py_gen))
 
 
 def _as_tuples(value: Any) -> Any:
