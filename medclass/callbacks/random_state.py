@@ -2,9 +2,12 @@
 
 A run resumed from `last.ckpt` gets the weights, optimizer and scheduler back from Lightning; this
 adds the generators behind shuffling, augmentation and dropout: torch (CPU and CUDA), NumPy,
-Python's `random`, and the Albumentations pipeline's own. They are put back when training starts,
-not at load time, because the sanity-check validation in between draws from them. Worker processes
-keep their own streams. Known gap (issue 5): a resumed run is not yet bit-identical.
+Python's `random`, and the Albumentations pipeline's own. They are put back as the checkpoint loads,
+because the training iterator is built right after (`configure_optimizers` asks for
+`estimated_stepping_batches`, which builds it) and its creation draws the worker base seed before the
+sampler draws its shuffling seed: restoring any later leaves the shuffle one draw out of step. The
+sanity check in between runs under Lightning's `isolate_rng`. Strategies that load checkpoints after
+setup (DeepSpeed) restore too late for an identical shuffle.
 """
 
 from __future__ import annotations
@@ -65,16 +68,9 @@ def _as_tuples(value: Any) -> Any:
 
 
 class RandomState(L.Callback):
-    def __init__(self) -> None:
-        self._pending: dict[str, Any] | None = None
-
     def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
         checkpoint["random_state"] = capture(trainer)
 
     def on_load_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
-        self._pending = checkpoint.get("random_state")
-
-    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if self._pending is not None:
-            restore(self._pending, trainer)
-            self._pending = None
+        if "random_state" in checkpoint:
+            restore(checkpoint["random_state"], trainer)
