@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
+import torch
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
@@ -139,4 +140,23 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     payload = {cfg.split: results, "checkpoint": str(cfg.ckpt_path)}
     write_json(out / "metrics.json", payload)
     log.info("metrics: %s", out / "metrics.json")
+    if cfg.get("report", True):
+        make_report(cfg, module, datamodule, out, trainer.strategy.root_device)
     return payload
+
+
+def make_report(cfg: DictConfig, module: Classifier, datamodule: ClassificationDataModule, out: Path,
+                device: torch.device) -> None:
+    """report.json, per_class.csv, figures and report.md; the temperature is fitted on validation only."""
+    from medclass.eval.report import collect, write_report
+
+    module.to(device)
+    probs, labels = collect(module, datamodule.split_dataloader(cfg.split), cfg.split)
+    calibrate = cfg.get("calibrate", True) and cfg.split != "val"  # fitting on the split it scores would flatter it
+    val = collect(module, datamodule.split_dataloader("val"), "val") if calibrate else None
+    ckpt = Path(cfg.ckpt_path)
+    write_report(out, split=cfg.split, probs=probs, labels=labels, data_info=module.hparams.data_info,
+                 checkpoint=str(ckpt), medmnist=module.hparams.data_cfg["_target_"].endswith("MedMNISTDataModule"),
+                 val=val, n_bins=cfg.get("ece_bins", 15),
+                 run_dir=ckpt.parent.parent if ckpt.parent.name == "checkpoints" else None)
+

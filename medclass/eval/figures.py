@@ -1,0 +1,106 @@
+"""The report's figures as matplotlib Figures: saved as PNG and sent to TensorBoard by the report."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only: no display on servers and in tests
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+from sklearn.metrics import roc_curve  # noqa: E402
+
+CURVES = {"loss": ("train/loss_epoch", "val/loss"), "accuracy": ("train/acc", "val/acc")}
+
+
+def confusion_figure(counts: list[list[int]], class_names: list[str]) -> Figure:
+    """Colour by row-normalized rate (recall), annotated with counts, so rare classes stay visible."""
+    counts_a = np.asarray(counts)
+    rate = counts_a / np.maximum(counts_a.sum(1, keepdims=True), 1)
+    k = len(class_names)
+    fig, ax = plt.subplots(figsize=(1.2 + 0.6 * k, 1.0 + 0.55 * k), dpi=100)
+    im = ax.imshow(rate, cmap="Blues", vmin=0, vmax=1)
+    for i in range(k):
+        for j in range(k):
+            ax.text(j, i, f"{counts_a[i, j]}\n{rate[i, j]:.2f}", ha="center", va="center", fontsize=7,
+                    color="white" if rate[i, j] > 0.5 else "black")
+    ax.set_xticks(range(k), class_names, rotation=45, ha="right", fontsize=8)
+    ax.set_yticks(range(k), class_names, fontsize=8)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    fig.colorbar(im, ax=ax, fraction=0.046, label="fraction of the true class")
+    fig.tight_layout()
+    return fig
+
+
+def roc_figure(probs: np.ndarray, labels: np.ndarray, class_names: list[str], task: str,
+               aucs: list[float | None]) -> Figure:
+    """One-vs-rest ROC per class (per label for multi-label; the positive class for binary)."""
+    k = len(class_names)
+    onehot = labels.reshape(len(labels), -1) if task == "multi-label" else np.eye(k, dtype=int)[labels.reshape(-1)]
+    fig, ax = plt.subplots(figsize=(5.5, 5), dpi=100)
+    for i in range(1, 2) if task == "binary-class" else range(k):
+        if aucs[i] is None:
+            continue
+        fpr, tpr, _ = roc_curve(onehot[:, i], probs[:, i])
+        ax.plot(fpr, tpr, lw=1.2, label=f"{class_names[i]} (AUC {aucs[i]:.3f})")
+    ax.plot([0, 1], [0, 1], "k--", lw=0.8)
+    ax.set(xlabel="false positive rate", ylabel="true positive rate", xlim=(0, 1), ylim=(0, 1.01))
+    ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    return fig
+
+
+def reliability_figure(bins: dict[str, list[float]], ece: float, ece_after: float | None = None) -> Figure:
+    edges = np.asarray(bins["edges"])
+    centers, width = (edges[:-1] + edges[1:]) / 2, np.diff(edges)
+    fig, ax = plt.subplots(figsize=(5, 5), dpi=100)
+    ax.bar(centers, np.nan_to_num(bins["accuracy"]), width=width, edgecolor="k", alpha=0.7, label="accuracy")
+    ax.plot([0, 1], [0, 1], "k--", lw=0.8, label="perfect calibration")
+    title = f"ECE {ece:.4f}" + (f" (after temperature scaling {ece_after:.4f})" if ece_after is not None else "")
+    ax.set(xlabel="confidence", ylabel="accuracy", xlim=(0, 1), ylim=(0, 1), title=title)
+    ax.legend(fontsize=8, loc="upper left")
+    fig.tight_layout()
+    return fig
+
+
+def read_history(run_dir: Path) -> dict[str, tuple[list[int], list[float]]]:
+    """Per-epoch scalars of a training run from its TensorBoard events, else its CSV log; {} if neither."""
+    history: dict[str, tuple[list[int], list[float]]] = {}
+    tags = [t for pair in CURVES.values() for t in pair]
+    events = sorted((run_dir / "tensorboard").glob("events.out.tfevents.*"))
+    if events:
+        from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+        for path in events:
+            acc = EventAccumulator(str(path), size_guidance={"scalars": 0})
+            acc.Reload()
+            for tag in set(tags) & set(acc.Tags()["scalars"]):
+                steps, values = history.setdefault(tag, ([], []))
+                for event in acc.Scalars(tag):
+                    steps.append(event.step)
+                    values.append(event.value)
+    elif (run_dir / "csv" / "metrics.csv").is_file():
+        with open(run_dir / "csv" / "metrics.csv") as f:
+            for row in csv.DictReader(f):
+                for tag in tags:
+                    if row.get(tag):
+                        steps, values = history.setdefault(tag, ([], []))
+                        steps.append(int(row["step"]))
+                        values.append(float(row[tag]))
+    return history
+
+
+def curves_figure(history: dict[str, tuple[list[int], list[float]]]) -> Figure:
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4), dpi=100)
+    for ax, (name, pair) in zip(axes, CURVES.items(), strict=True):
+        for tag in pair:
+            if tag in history:
+                ax.plot(*history[tag], marker="o", ms=3, label=tag)
+        ax.set(xlabel="step", ylabel=name)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig

@@ -1,0 +1,121 @@
+"""The report folder of `eval.py`: report.json, per_class.csv, figures/*.png, report.md, TensorBoard.
+
+Everything is computed once from the split's probabilities (with the checkpoint's test-time views),
+so the JSON, the CSV, the figures and the markdown always agree with each other.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from lightning.pytorch.utilities import move_data_to_device
+from matplotlib import pyplot as plt
+from matplotlib.figure import Figure
+from torch.utils.data import DataLoader
+from torch.utils.tensorboard import SummaryWriter
+from tqdm.auto import tqdm
+
+from medclass.eval import figures
+from medclass.eval.calibration import apply_temperature, calibration_summary, fit_temperature, reliability_bins
+from medclass.eval.metrics import classification_metrics, official
+
+log = logging.getLogger("medclass")
+
+
+@torch.inference_mode()
+def collect(module: torch.nn.Module, loader: DataLoader, what: str = "") -> tuple[np.ndarray, np.ndarray]:
+    """Probabilities (test-time views as configured) and labels of every batch of a loader."""
+    module.eval()
+    device = next(module.parameters()).device
+    probs, labels = [], []
+    for x, y in tqdm(loader, desc=f"predict {what}", leave=False, disable=len(loader) < 10):
+        probs.append(module.predict_proba(move_data_to_device(x, device)).float().cpu())
+        labels.append(y)
+    return torch.cat(probs).numpy(), torch.cat(labels).numpy()
+
+
+def write_report(out: Path, *, split: str, probs: np.ndarray, labels: np.ndarray, data_info: dict[str, Any],
+                 checkpoint: str, medmnist: bool, val: tuple[np.ndarray, np.ndarray] | None = None,
+                 n_bins: int = 15, run_dir: Path | None = None) -> dict[str, Any]:
+    """Write the report folder; `val` (probabilities, labels) fits a temperature for calibration."""
+    task, names = data_info["task"], list(data_info["class_names"])
+    metrics = classification_metrics(probs, labels, names, task)
+    temperature = fit_temperature(*val, task) if val is not None else None
+    report: dict[str, Any] = {
+        "split": split, "checkpoint": checkpoint, "task": task, "metrics": metrics,
+        "calibration": calibration_summary(probs, labels, task, n_bins, temperature),
+    }
+    if medmnist:
+        report["medmnist_official"] = official(probs, labels, task)
+    figs = {"roc": figures.roc_figure(probs, labels, names, task, [c["auc"] for c in metrics["per_class"]]),
+            "reliability": figures.reliability_figure(reliability_bins(probs, labels, task, n_bins),
+                                                      report["calibration"]["ece"],
+                                                      report["calibration"].get("ece_after_temperature"))}
+    if "counts" in metrics["confusion"]:
+        figs = {"confusion": figures.confusion_figure(metrics["confusion"]["counts"], names), **figs}
+    history = figures.read_history(run_dir) if run_dir else {}
+    if history:
+        figs["training_curves"] = figures.curves_figure(history)
+    report["figures"] = [f"figures/{name}.png" for name in figs]
+    if temperature is not None:
+        calibrated = apply_temperature(probs, task, temperature)
+        report["calibration"]["accuracy_unchanged"] = bool(
+            (calibrated.argmax(1) == probs.argmax(1)).all() if task != "multi-label" else True)
+    _save_figures(out, figs, split)
+    _write_per_class(out / "per_class.csv", metrics["per_class"])
+    (out / "report.json").write_text(json.dumps(report, indent=2))
+    (out / "report.md").write_text(markdown(report, data_info))
+    log.info("report: %s (%s)", out / "report.md", ", ".join(["report.json", "per_class.csv", *report["figures"]]))
+    return report
+
+
+def _save_figures(out: Path, figs: dict[str, Figure], split: str) -> None:
+    (out / "figures").mkdir(parents=True, exist_ok=True)
+    with SummaryWriter(str(out / "tensorboard")) as writer:
+        for name, fig in figs.items():
+            fig.savefig(out / "figures" / f"{name}.png")
+            writer.add_figure(f"{split}/{name}", fig, close=False)
+            plt.close(fig)
+
+
+def _write_per_class(path: Path, rows: list[dict[str, Any]]) -> None:
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def _fmt(value: float | None) -> str:
+    return "–" if value is None else f"{value:.4f}"
+
+
+def markdown(report: dict[str, Any], data_info: dict[str, Any]) -> str:
+    m, cal = report["metrics"], report["calibration"]
+    lines = [f"# Evaluation on `{report['split']}`", "",
+             f"Checkpoint `{report['checkpoint']}`; task {report['task']}, {m['n']} images, "
+             f"{len(data_info['class_names'])} classes.", "",
+             "| metric | value |", "|---|---|",
+             f"| accuracy | {_fmt(m['accuracy'])} |", f"| balanced accuracy | {_fmt(m['balanced_accuracy'])} |",
+             f"| ROC AUC (macro, one-vs-rest) | {_fmt(m['auc_macro_ovr'])} |",
+             f"| F1 (macro / weighted) | {_fmt(m['average']['macro']['f1'])} / "
+             f"{_fmt(m['average']['weighted']['f1'])} |",
+             f"| ECE ({cal['bins']} bins) | {_fmt(cal['ece'])} |"]
+    if "temperature" in cal:
+        lines.append(f"| ECE after temperature scaling (T = {cal['temperature']:.3f}, fitted on val) | "
+                     f"{_fmt(cal['ece_after_temperature'])} |")
+    if "medmnist_official" in report:
+        o = report["medmnist_official"]
+        lines.append(f"| MedMNIST official ACC / AUC | {_fmt(o['acc'])} / {_fmt(o['auc'])} |")
+    lines += ["", "## Per class", "", "| class | precision | recall | F1 | support | AUC |",
+              "|---|---|---|---|---|---|"]
+    lines += [f"| {r['class']} | {_fmt(r['precision'])} | {_fmt(r['recall'])} | {_fmt(r['f1'])} | {r['support']} | "
+              f"{_fmt(r['auc'])} |" for r in m["per_class"]]
+    lines += ["", "## Figures", ""]
+    lines += [f"### {Path(f).stem.replace('_', ' ')}\n\n![{Path(f).stem}]({f})\n" for f in report["figures"]]
+    return "\n".join(lines) + "\n"
