@@ -81,6 +81,23 @@ def test_offline_pretrained_request_is_one_error_line(blood_root: Path, tmp_path
     assert not (tmp_path / "run" / "checkpoints").exists()  # nothing trained on random weights
 
 
+def test_checkpoint_of_a_pretrained_model_loads_offline(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The checkpoint holds the fine-tuned weights: loading it must not go looking for ImageNet ones."""
+    module = frozen_module(tmp_path, "model.pretrained=false")
+    trainer = L.Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False, max_epochs=0)
+    trainer.strategy.connect(module)
+    trainer.save_checkpoint(tmp_path / "m.ckpt")
+    ckpt = torch.load(tmp_path / "m.ckpt", weights_only=True)
+    ckpt["hyper_parameters"]["net"]["pretrained"] = True  # as trained: pretrained weights requested
+    torch.save(ckpt, tmp_path / "m.ckpt")
+    for var, value in {"HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path), "TORCH_HOME": str(tmp_path),
+                       "MEDCLASS_WEIGHTS": ""}.items():
+        monkeypatch.setenv(var, value)
+    loaded = load_classifier(tmp_path / "m.ckpt")
+    assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), module.state_dict().values(),
+                                                  strict=True))
+
+
 def test_pretrained_normalization_only_for_pretrained_timm_models(tmp_path: Path) -> None:
     lite = compose_train(["model=efficientnet_lite0"], tmp_path).model
     assert pretrained_normalization(lite) == ([0.5] * 3, [0.5] * 3)
