@@ -60,6 +60,9 @@ def reliability_figure(bins: dict[str, list[float]], ece: float, ece_after: floa
     fig, ax = plt.subplots(figsize=(5, 5), dpi=100)
     ax.bar(centers, np.nan_to_num(bins["accuracy"]), width=width, edgecolor="k", alpha=0.7, label="accuracy")
     ax.plot([0, 1], [0, 1], "k--", lw=0.8, label="perfect calibration")
+    for x, acc, n in zip(centers, bins["accuracy"], bins["count"], strict=True):
+        if n:  # how many predictions each bar stands on
+            ax.text(x, min(np.nan_to_num(acc), 0.93) + 0.02, str(n), ha="center", fontsize=6, rotation=90)
     title = f"ECE {ece:.4f}" + (f" (after temperature scaling {ece_after:.4f})" if ece_after is not None else "")
     ax.set(xlabel="confidence", ylabel="accuracy", xlim=(0, 1), ylim=(0, 1), title=title)
     ax.legend(fontsize=8, loc="upper left")
