@@ -29,6 +29,15 @@ from medclass.errors import MedclassError
 log = logging.getLogger("medclass")
 
 
+def decode_resized(path: Path, size: int, chans: int) -> np.ndarray:
+    """One file as uint8 (size, size, chans), before normalization.
+
+    Training and prediction (medclass.predict) share it, so a new image is prepared like a training one.
+    """
+    resized = cv2.resize(read_image(path), (size, size), interpolation=cv2.INTER_AREA)
+    return to_channels(resized.reshape(size, size, -1)[None], chans)[0]
+
+
 class FolderDataModule(ClassificationDataModule):
     """`root/<class>/<images>`; an optional `test_root` of the same layout is the test split."""
 
@@ -180,13 +189,10 @@ class FolderDataModule(ClassificationDataModule):
         keep = np.ones(len(paths), bool)
         for i, path in enumerate(track(paths, description=f"decoding {self.name}", transient=True)):
             try:
-                array = read_image(path)
+                images[i] = decode_resized(path, size, chans)
             except Exception as err:  # corrupt, truncated, unreadable: reported, never silent
                 keep[i] = False
                 self.skipped.append((path, f"unreadable image ({type(err).__name__}: {err})"))
-                continue
-            resized = cv2.resize(array, (size, size), interpolation=cv2.INTER_AREA)
-            images[i] = to_channels(resized.reshape(size, size, -1)[None], chans)[0]
         if cache:
             cache.parent.mkdir(parents=True, exist_ok=True)
             np.savez(cache, images=images, keep=keep)

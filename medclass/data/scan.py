@@ -53,7 +53,7 @@ def scan_folder(root: Path, what: str = "data.root") -> Scan:
     for class_dir in classes:
         count = 0
         for path in sorted(p for p in class_dir.rglob("*") if p.is_file()):
-            reason = _reason_to_skip(path, root)
+            reason = reason_to_skip(path, root)
             if reason is None:
                 try:
                     digest = file_digest(path)
@@ -84,7 +84,8 @@ def _class_of(path: Path, root: Path) -> str:
     return path.relative_to(root).parts[0]
 
 
-def _reason_to_skip(path: Path, root: Path) -> str | None:
+def reason_to_skip(path: Path, root: Path) -> str | None:
+    """Why `path` is no image to read (system, hidden, other suffix, empty); None for a candidate image."""
     if path.name.lower() in SYSTEM_FILES:
         return "system file"
     if _hidden(path, root):

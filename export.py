@@ -1,0 +1,22 @@
+"""Export a checkpoint to ONNX and check it against onnxruntime: `python export.py ckpt_path=<file.ckpt>`."""
+
+from __future__ import annotations
+
+import sys
+
+import hydra
+from omegaconf import DictConfig
+
+from medclass.cli import check_command_line, report_user_errors
+from medclass.export import run_export
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="export")
+@report_user_errors
+def main(cfg: DictConfig) -> None:
+    run_export(cfg)
+
+
+if __name__ == "__main__":
+    check_command_line(sys.argv[1:])
+    main()

@@ -1,0 +1,261 @@
+"""Classify new images from a checkpoint (or an exported ONNX file) alone: `python predict.py`.
+
+Every image goes through the code training used (`decode_resized`, then the eval transform with the
+checkpoint's mean/std), so a file scores as it would have inside the data set. Files that cannot be
+read are listed with their reason, never fatal; only "no readable image at all" stops the run.
+"""
+
+from __future__ import annotations
+
+import csv
+import glob
+import json
+import logging
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from omegaconf import DictConfig
+from rich.progress import track
+
+from medclass.augment import eval_transform
+from medclass.data.decode import read_image
+from medclass.data.folder import decode_resized
+from medclass.data.scan import reason_to_skip
+from medclass.errors import MedclassError
+from medclass.module import Classifier
+from medclass.module.tta import tta_views
+
+log = logging.getLogger("medclass")
+Skipped = tuple[Path, str]
+
+
+def model_meta(module: Classifier) -> dict[str, Any]:
+    """What preprocessing and reading the outputs need: travels inside an ONNX export too."""
+    info = module.hparams.data_info
+    return {"class_names": list(info["class_names"]), "task": info["task"], "image_size": int(info["image_size"]),
+            "in_chans": int(info["in_chans"]), "mean": list(info["mean"]), "std": list(info["std"]),
+            "symmetry": info.get("symmetry", "sided")}
+
+
+class TorchModel:
+    """A Classifier as `probabilities = model(batch)`; `tta` None keeps the checkpoint's setting."""
+
+    def __init__(self, module: Classifier, tta: str | None = None, device: str = "cpu") -> None:
+        self.module, self.device, self.meta = module.eval().to(device), torch.device(device), model_meta(module)
+        if tta is not None:
+            tta_views(tta, self.meta["symmetry"])  # a bad value fails here, naming the choices
+            module.tta = tta
+
+    def __call__(self, x: torch.Tensor) -> np.ndarray:
+        with torch.inference_mode():
+            return self.module.predict_proba(x.to(self.device), tta=True).float().cpu().numpy()
+
+
+@dataclass
+class Predictions:
+    records: list[dict[str, Any]] = field(default_factory=list)  # one per readable image, in input order
+    skipped: list[Skipped] = field(default_factory=list)  # (path, reason) for every file passed over
+
+
+# -- inputs -------------------------------------------------------------------------------------
+def _expand(spec: str) -> list[tuple[Path, Path]]:
+    """(file, the folder its hidden-ness is judged from) for one file, folder (recursive) or glob."""
+    path = Path(spec).expanduser()
+    if path.is_file():
+        return [(path, path.parent)]
+    if path.is_dir():
+        return [(p, path) for p in sorted(path.rglob("*")) if p.is_file()]
+    if glob.has_magic(spec):
+        matches = [Path(p) for p in sorted(glob.glob(str(path), recursive=True))]
+        return [pair for m in matches for pair in _expand(str(m))]
+    raise MedclassError(f"inputs={spec} is no file, folder or glob match; give an image, a folder of images or a "
+                        "quoted glob such as 'scans/**/*.png'")
+
+
+def collect_inputs(inputs: str | Path | Sequence[str | Path]) -> tuple[list[Path], list[Skipped]]:
+    """Candidate image files (by suffix, any case, .dcm included) and the files passed over with reasons."""
+    specs = [inputs] if isinstance(inputs, (str, Path)) else list(inputs)
+    found: dict[Path, Path] = {}
+    for spec in specs:
+        for file, root in _expand(str(spec)):
+            found.setdefault(file, root)
+    if not found:
+        raise MedclassError(f"inputs={inputs} matches no file; check the path or the glob pattern")
+    files, skipped = [], []
+    for file, root in found.items():
+        reason = reason_to_skip(file, root)
+        if reason:
+            skipped.append((file, reason))
+        else:
+            files.append(file)
+    return files, skipped
+
+
+# -- prediction ---------------------------------------------------------------------------------
+def _record(path: Path, probs: np.ndarray, meta: dict[str, Any], k: int, threshold: float) -> dict[str, Any]:
+    names = meta["class_names"]
+    order = np.argsort(-probs, kind="stable")[: max(1, min(k, len(names)))]
+    record: dict[str, Any] = {
+        "path": str(path),
+        "class": names[order[0]],
+        "confidence": round(float(probs[order[0]]), 6),
+        "top_k": [{"class": names[i], "probability": round(float(probs[i]), 6)} for i in order],
+        "probabilities": {n: round(float(p), 6) for n, p in zip(names, probs, strict=True)},
+    }
+    if meta["task"] == "multi-label":  # independent labels: every one above the threshold
+        record["labels"] = [n for n, p in zip(names, probs, strict=True) if p > threshold]
+    return record
+
+
+def _unique_png(folder: Path, path: Path, used: set[str]) -> Path:
+    name, n = f"{path.stem}.png", 1
+    while name in used:
+        n += 1
+        name = f"{path.stem}_{n}.png"
+    used.add(name)
+    return folder / name
+
+
+def predict_images(
+    model: Classifier | TorchModel | Callable[[torch.Tensor], np.ndarray],
+    paths: Sequence[str | Path],
+    batch_size: int = 32,
+    k: int = 3,
+    threshold: float = 0.5,
+    tta: str | None = None,
+    progress: bool = False,
+    cam_dir: Path | None = None,
+    cam_layer: str | None = None,
+) -> Predictions:
+    """Class, confidence, top-k and per-class probabilities for each readable image in `paths`.
+
+    `model` is a Classifier (from `medclass.checkpoint.load_classifier`), a TorchModel, or an
+    OnnxModel (`medclass.export`); anything callable with a `meta` dict works. `cam_dir` saves a
+    Grad-CAM overlay per image (torch models only). Unreadable files land in `skipped`.
+    """
+    if batch_size < 1 or k < 1:
+        raise MedclassError(f"batch_size={batch_size} and k={k} must be at least 1")
+    if isinstance(model, Classifier):
+        model = TorchModel(model, tta=tta)
+    meta = model.meta
+    to_tensor = eval_transform(None, meta["mean"], meta["std"])  # decode_resized already sized the image
+    if cam_dir is not None and not isinstance(model, TorchModel):
+        raise MedclassError("Grad-CAM needs the network's gradients: predict with ckpt_path=<file.ckpt>, not ONNX")
+    result, used, paths = Predictions(), set(), list(paths)
+    chunks = [paths[i : i + batch_size] for i in range(0, len(paths), batch_size)]
+    for chunk in track(chunks, description="predicting", transient=True, disable=not progress or len(chunks) < 2):
+        tensors, kept = [], []
+        for path in map(Path, chunk):
+            try:
+                image = decode_resized(path, meta["image_size"], meta["in_chans"])
+            except Exception as err:  # corrupt, truncated, unreadable: listed, never fatal
+                result.skipped.append((path, f"unreadable image ({type(err).__name__}: {err})"))
+                continue
+            tensors.append(to_tensor(image=image)["image"])
+            kept.append(path)
+        if not kept:
+            continue
+        x = torch.stack(tensors)
+        probs = model(x)
+        records = [_record(p, row, meta, k, threshold) for p, row in zip(kept, probs, strict=True)]
+        if cam_dir is not None:
+            from medclass.explain import save_cam_overlays
+
+            outs = [_unique_png(cam_dir, p, used) for p in kept]
+            targets = [int(np.argmax(row)) for row in probs]
+            save_cam_overlays(model.module.net, x.to(model.device), targets, [read_image(p) for p in kept], outs,
+                              layer=cam_layer)
+            for record, out in zip(records, outs, strict=True):
+                record["cam"] = str(out)
+        result.records.extend(records)
+    return result
+
+
+def predict_image(module: Classifier, path: str | Path, k: int = 3) -> dict[str, Any]:
+    """One new image → its record (`record["class"]`, `record["confidence"]`); an unreadable file raises."""
+    files, skipped = collect_inputs(path)
+    result = predict_images(module, files, k=k)
+    skipped += result.skipped
+    if skipped:
+        raise MedclassError(f"{path}: {skipped[0][1]}; give a PNG, JPEG, BMP, TIFF or DICOM file")
+    return result.records[0]
+
+
+# -- outputs ------------------------------------------------------------------------------------
+def write_outputs(out: Path, result: Predictions, meta: dict[str, Any], source: dict[str, Any]) -> None:
+    """predictions.csv (one row per image), predictions.json (the same plus the model facts), skipped.csv."""
+    out.mkdir(parents=True, exist_ok=True)
+    names, multi = meta["class_names"], meta["task"] == "multi-label"
+    k = max((len(r["top_k"]) for r in result.records), default=1)
+    header = ["path", "class", "confidence", *(["labels"] if multi else []),
+              *(f"top{i}_{c}" for i in range(1, k + 1) for c in ("class", "probability")),
+              *(f"prob_{n}" for n in names), *(["cam"] if any("cam" in r for r in result.records) else [])]
+    with (out / "predictions.csv").open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(header)
+        for r in result.records:
+            top = [v for t in r["top_k"] for v in (t["class"], t["probability"])]
+            writer.writerow([r["path"], r["class"], r["confidence"], *([";".join(r["labels"])] if multi else []),
+                             *top, *[""] * (2 * k - len(top)), *r["probabilities"].values(),
+                             *([r.get("cam", "")] if header[-1] == "cam" else [])])
+    with (out / "skipped.csv").open("w", newline="") as f:
+        csv.writer(f).writerows([("path", "reason"), *((str(p), why) for p, why in result.skipped)])
+    payload = {**source, "task": meta["task"], "class_names": names, "count": len(result.records),
+               "predictions": result.records,
+               "skipped": [{"path": str(p), "reason": why} for p, why in result.skipped]}
+    tmp = out / "predictions.json.tmp"
+    tmp.write_text(json.dumps(payload, indent=2))
+    tmp.replace(out / "predictions.json")
+
+
+def log_skipped(skipped: list[Skipped], report: Path) -> None:
+    if skipped:
+        reasons = Counter(why.split(" (")[0] for _, why in skipped)
+        log.warning("skipped %d files (%s); list: %s", len(skipped),
+                    ", ".join(f"{n} {k}" for k, n in sorted(reasons.items())), report)
+
+
+def load_model(cfg: DictConfig) -> TorchModel | Any:
+    """The checkpoint (`ckpt_path`) or the exported ONNX file (`onnx_path`): exactly one of them."""
+    ckpt, onnx = cfg.get("ckpt_path"), cfg.get("onnx_path")
+    if bool(ckpt) == bool(onnx):
+        raise MedclassError(f"give exactly one of ckpt_path=<file.ckpt> or onnx_path=<file.onnx> "
+                            f"(got ckpt_path={ckpt}, onnx_path={onnx})")
+    if onnx:
+        if cfg.get("cam") or cfg.get("tta") not in (None, "none"):
+            raise MedclassError(f"cam=true and tta={cfg.get('tta')} need the network itself: use ckpt_path=<file.ckpt> "
+                                "instead of onnx_path, or drop those options")
+        from medclass.export import OnnxModel
+
+        return OnnxModel(onnx)
+    from medclass.checkpoint import load_classifier
+
+    device = cfg.get("device") or "auto"
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    return TorchModel(load_classifier(ckpt), tta=cfg.get("tta"), device=device)
+
+
+def run_predict(cfg: DictConfig) -> Predictions:
+    """What predict.py does: inputs → predictions.csv/.json, skipped.csv (and cam/*.png) in the run folder."""
+    out = Path(cfg.paths.output_dir)
+    model = load_model(cfg)
+    files, skipped = collect_inputs(cfg.inputs)
+    result = predict_images(model, files, batch_size=cfg.batch_size, k=cfg.k, threshold=cfg.threshold,
+                            progress=cfg.get("progress", True), cam_dir=out / "cam" if cfg.get("cam") else None,
+                            cam_layer=cfg.get("cam_layer"))
+    result.skipped = skipped + result.skipped
+    source = {"model": str(cfg.get("ckpt_path") or cfg.get("onnx_path")), "inputs": str(cfg.inputs),
+              "tta": getattr(getattr(model, "module", None), "tta", "none")}
+    write_outputs(out, result, model.meta, source)
+    log_skipped(result.skipped, out / "skipped.csv")
+    if not result.records:
+        raise MedclassError(f"none of the {len(result.skipped)} files of inputs={cfg.inputs} is a readable image "
+                            f"(reasons in {out / 'skipped.csv'}); give PNG, JPEG, BMP, TIFF or DICOM files")
+    log.info("predicted %d images: %s", len(result.records), out / "predictions.csv")
+    return result

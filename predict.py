@@ -1,0 +1,22 @@
+"""Classify images with a checkpoint or an ONNX export: `python predict.py ckpt_path=<file.ckpt> inputs=<path>`."""
+
+from __future__ import annotations
+
+import sys
+
+import hydra
+from omegaconf import DictConfig
+
+from medclass.cli import check_command_line, report_user_errors
+from medclass.predict import run_predict
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="predict")
+@report_user_errors
+def main(cfg: DictConfig) -> None:
+    run_predict(cfg)
+
+
+if __name__ == "__main__":
+    check_command_line(sys.argv[1:])
+    main()

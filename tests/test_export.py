@@ -1,0 +1,68 @@
+"""export.py: ONNX with probabilities and a dynamic batch, parity with torch, prediction from the file."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from medclass.checkpoint import load_classifier
+from medclass.errors import MedclassError
+from medclass.export import OnnxModel, export_onnx, max_abs_difference
+from medclass.predict import TorchModel, collect_inputs, predict_images, run_predict
+
+from .conftest import compose_train, run_script
+from .test_predict import CLASSES, tiny_classifier, train_tiny
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, str]:
+    """A tiny real checkpoint and its export by the real CLI."""
+    tmp = tmp_path_factory.mktemp("export")
+    ckpt = train_tiny(tmp)
+    proc = run_script("export.py", f"ckpt_path={ckpt}", f"hydra.run.dir={tmp / 'export'}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return ckpt, tmp / "export", proc.stdout
+
+
+def test_export_matches_torch_within_tolerance(exported: tuple[Path, Path, str]) -> None:
+    _, out, stdout = exported
+    summary = json.loads((out / "export.json").read_text())
+    assert Path(summary["onnx"]) == out / "model.onnx" and summary["max_abs_diff"] <= 1e-4
+    assert "ONNX check: max abs difference of probabilities" in stdout
+    meta = OnnxModel(out / "model.onnx").meta
+    assert meta["class_names"] == list(CLASSES) and meta["image_size"] == 16 and meta["in_chans"] == 1
+
+
+def test_predict_from_onnx_equals_predict_from_checkpoint(exported: tuple[Path, Path, str], tmp_path: Path) -> None:
+    ckpt, out, _ = exported
+    data = ckpt.parents[2] / "data"
+    cfg = compose_train([f"onnx_path={out / 'model.onnx'}", f"inputs={data}"], tmp_path, config_name="predict")
+    from_onnx = run_predict(cfg).records
+    files, _ = collect_inputs(data)
+    from_ckpt = predict_images(TorchModel(load_classifier(ckpt), tta="none"), files, batch_size=5).records
+    assert len(from_onnx) == len(from_ckpt) == 3 * 8
+    for a, b in zip(from_onnx, from_ckpt, strict=True):
+        assert a["path"] == b["path"] and a["class"] == b["class"]
+        assert np.allclose(list(a["probabilities"].values()), list(b["probabilities"].values()), atol=1e-4)
+
+
+def test_multi_label_export_ends_in_sigmoid(tmp_path: Path) -> None:
+    module = tiny_classifier("multi-label", ["effusion", "nodule", "mass"]).eval()
+    path = export_onnx(module, tmp_path / "ml.onnx")
+    assert max_abs_difference(module, path, batch=3) <= 1e-4
+    probs = OnnxModel(path)(np.zeros((2, 1, 16, 16), np.float32))
+    assert probs.shape == (2, 3) and ((probs > 0) & (probs < 1)).all()
+
+
+def test_onnx_errors_name_the_file_and_the_fix(tmp_path: Path) -> None:
+    (tmp_path / "junk.onnx").write_bytes(b"not onnx")
+    with pytest.raises(MedclassError, match="not a loadable ONNX model"):
+        OnnxModel(tmp_path / "junk.onnx")
+    with pytest.raises(MedclassError, match="export.py"):
+        OnnxModel(tmp_path / "missing.onnx")
+    cfg = compose_train(["onnx_path=x.onnx", "inputs=.", "cam=true"], tmp_path, config_name="predict")
+    with pytest.raises(MedclassError, match="ckpt_path"):
+        run_predict(cfg)
