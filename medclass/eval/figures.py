@@ -1,39 +1,45 @@
-"""The report's figures as matplotlib Figures: saved as PNG and sent to TensorBoard by the report."""
+"""Figures as matplotlib Figures, for eval.py's report (PNG and TensorBoard) and the training callbacks."""
 
 from __future__ import annotations
 
 import csv
+from collections.abc import Sequence
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")  # files only: no display on servers and in tests
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
-from sklearn.metrics import roc_curve  # noqa: E402
+import numpy as np
+from matplotlib.figure import Figure  # not pyplot: no global figure registry, no display backend
+from sklearn.metrics import roc_curve
 
 CURVES = {"loss": ("train/loss_epoch", "val/loss"), "accuracy": ("train/acc", "val/acc")}
 
 
-def confusion_figure(counts: list[list[int]], class_names: list[str]) -> Figure:
+def confusion_figure(counts: Sequence[Sequence[int]] | np.ndarray, class_names: Sequence[str],
+                     title: str = "") -> Figure:
     """Colour by row-normalized rate (recall), annotated with counts, so rare classes stay visible."""
     counts_a = np.asarray(counts)
     rate = counts_a / np.maximum(counts_a.sum(1, keepdims=True), 1)
     k = len(class_names)
-    fig, ax = plt.subplots(figsize=(1.2 + 0.6 * k, 1.0 + 0.55 * k), dpi=100)
+    fig = Figure(figsize=(2.2 + 0.6 * k, 1.6 + 0.55 * k), dpi=100)
+    ax = fig.add_subplot()
     im = ax.imshow(rate, cmap="Blues", vmin=0, vmax=1)
-    for i in range(k):
-        for j in range(k):
-            ax.text(j, i, f"{counts_a[i, j]}\n{rate[i, j]:.2f}", ha="center", va="center", fontsize=7,
-                    color="white" if rate[i, j] > 0.5 else "black")
-    ax.set_xticks(range(k), class_names, rotation=45, ha="right", fontsize=8)
-    ax.set_yticks(range(k), class_names, fontsize=8)
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("true")
+    if k <= 30:  # beyond that the numbers no longer fit their cells
+        for i in range(k):
+            for j in range(k):
+                ax.text(j, i, f"{counts_a[i, j]}\n{rate[i, j]:.2f}", ha="center", va="center", fontsize=7,
+                        color="white" if rate[i, j] > 0.5 else "black")
+    names = [short(n) for n in class_names]
+    ax.set_xticks(range(k), names, rotation=45, ha="right", fontsize=8)
+    ax.set_yticks(range(k), names, fontsize=8)
+    ax.set(xlabel="predicted", ylabel="true")
+    ax.set_title(title, fontsize=9)
     fig.colorbar(im, ax=ax, fraction=0.046, label="fraction of the true class")
     fig.tight_layout()
     return fig
+
+
+def short(name: str, width: int = 20) -> str:
+    """Long class names cut to fit a tick label or a caption."""
+    return name if len(name) <= width else name[: width - 1] + "…"
 
 
 def roc_figure(probs: np.ndarray, labels: np.ndarray, class_names: list[str], task: str,
@@ -41,12 +47,13 @@ def roc_figure(probs: np.ndarray, labels: np.ndarray, class_names: list[str], ta
     """One-vs-rest ROC per class (per label for multi-label; the positive class for binary)."""
     k = len(class_names)
     onehot = labels.reshape(len(labels), -1) if task == "multi-label" else np.eye(k, dtype=int)[labels.reshape(-1)]
-    fig, ax = plt.subplots(figsize=(5.5, 5), dpi=100)
+    fig = Figure(figsize=(5.5, 5), dpi=100)
+    ax = fig.add_subplot()
     for i in range(1, 2) if task == "binary-class" else range(k):
         if aucs[i] is None:
             continue
         fpr, tpr, _ = roc_curve(onehot[:, i], probs[:, i])
-        ax.plot(fpr, tpr, lw=1.2, label=f"{class_names[i]} (AUC {aucs[i]:.3f})")
+        ax.plot(fpr, tpr, lw=1.2, label=f"{short(class_names[i])} (AUC {aucs[i]:.3f})")
     ax.plot([0, 1], [0, 1], "k--", lw=0.8)
     ax.set(xlabel="false positive rate", ylabel="true positive rate", xlim=(0, 1), ylim=(0, 1.01))
     ax.legend(fontsize=7, loc="lower right")
@@ -57,7 +64,8 @@ def roc_figure(probs: np.ndarray, labels: np.ndarray, class_names: list[str], ta
 def reliability_figure(bins: dict[str, list[float]], ece: float, ece_after: float | None = None) -> Figure:
     edges = np.asarray(bins["edges"])
     centers, width = (edges[:-1] + edges[1:]) / 2, np.diff(edges)
-    fig, ax = plt.subplots(figsize=(5, 5), dpi=100)
+    fig = Figure(figsize=(5, 5), dpi=100)
+    ax = fig.add_subplot()
     ax.bar(centers, np.nan_to_num(bins["accuracy"]), width=width, edgecolor="k", alpha=0.7, label="accuracy")
     ax.plot([0, 1], [0, 1], "k--", lw=0.8, label="perfect calibration")
     for x, acc, n in zip(centers, bins["accuracy"], bins["count"], strict=True):
@@ -98,7 +106,8 @@ def read_history(run_dir: Path) -> dict[str, tuple[list[int], list[float]]]:
 
 
 def curves_figure(history: dict[str, tuple[list[int], list[float]]]) -> Figure:
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4), dpi=100)
+    fig = Figure(figsize=(10, 4), dpi=100)
+    axes = fig.subplots(1, 2)
     for ax, (name, pair) in zip(axes, CURVES.items(), strict=True):
         for tag in pair:
             if tag in history:

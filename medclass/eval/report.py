@@ -15,7 +15,6 @@ from typing import Any
 import numpy as np
 import torch
 from lightning.pytorch.utilities import move_data_to_device
-from matplotlib import pyplot as plt
 from matplotlib.figure import Figure
 from torch.utils.data import DataLoader
 from torch.utils.tensorboard import SummaryWriter
@@ -81,7 +80,6 @@ def _save_figures(out: Path, figs: dict[str, Figure], split: str) -> None:
         for name, fig in figs.items():
             fig.savefig(out / "figures" / f"{name}.png")
             writer.add_figure(f"{split}/{name}", fig, close=False)
-            plt.close(fig)
 
 
 def _write_per_class(path: Path, rows: list[dict[str, Any]]) -> None:

@@ -124,19 +124,21 @@ class Classifier(L.LightningModule):
         self.log_dict(self.train_metrics, on_step=False, on_epoch=True, batch_size=len(y))
         return loss
 
-    def validation_step(self, batch: Any, batch_idx: int) -> None:
+    def validation_step(self, batch: Any, batch_idx: int) -> dict[str, torch.Tensor]:
         # checkpoints are chosen on plain predictions; the final validation (trainer.validate) uses TTA
         loss, probs, y = self._step(batch, tta=self.trainer.state.fn != "fit")
         self.val_metrics.update(probs, y.long())
         self.log("val/loss", loss, on_epoch=True, prog_bar=True, batch_size=len(y))
         self.log_dict(self.val_metrics, on_epoch=True, prog_bar=True, batch_size=len(y))
+        return {"probs": probs, "targets": y}  # for callbacks' on_*_batch_end: no second forward pass
 
-    def test_step(self, batch: Any, batch_idx: int) -> None:
+    def test_step(self, batch: Any, batch_idx: int) -> dict[str, torch.Tensor]:
         loss, probs, y = self._step(batch, tta=True)
         self.test_metrics.update(probs, y.long())
         self.log(f"{self.eval_split}/loss", loss, on_epoch=True, batch_size=len(y))
         for name, metric in self.test_metrics.items():
             self.log(f"{self.eval_split}/{name}", metric, on_epoch=True, batch_size=len(y))
+        return {"probs": probs, "targets": y}
 
     def predict_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
         x = batch[0] if isinstance(batch, (tuple, list)) else batch
