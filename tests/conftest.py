@@ -84,3 +84,14 @@ def run_script(script: str, *args: str, cwd: Path = ROOT, env: dict[str, str] | 
 
 
 FAST = ["debug=fast"]
+
+
+@pytest.fixture(scope="session")
+def blood_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A real 2-epoch train.py run on synthetic 8-class BloodMNIST, shared by the CLI, report and TensorBoard tests."""
+    tmp = tmp_path_factory.mktemp("blood_run")
+    root = write_npz(tmp / "medmnist", "bloodmnist", channels=3, classes=8, n=(64, 48, 48)).parent
+    out = tmp / "run"
+    proc = run_script("train.py", f"data.root={root}", f"hydra.run.dir={out}", *FAST, "trainer.max_epochs=2")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return out

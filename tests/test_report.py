@@ -18,7 +18,7 @@ from medclass.eval.calibration import apply_temperature, ece, fit_temperature
 from medclass.eval.metrics import OFFICIAL_TASK, classification_metrics, official
 from medclass.module.tasks import make_metrics
 
-from .conftest import FAST, run_script, write_npz
+from .conftest import run_script
 
 
 def scores(task: str, n: int = 200, k: int = 4, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -74,17 +74,12 @@ def test_temperature_scaling_fixes_overconfidence_without_changing_predictions()
 
 
 @pytest.fixture(scope="module")
-def report(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    tmp = tmp_path_factory.mktemp("report")
-    write_npz(tmp / "data", "bloodmnist", channels=3, classes=8, n=(64, 48, 48))
-    run = tmp / "run"
-    proc = run_script("train.py", f"data.root={tmp / 'data'}", f"hydra.run.dir={run}", *FAST, "trainer.max_epochs=2")
+def report(blood_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("report") / "eval"
+    ckpt = next((blood_run / "checkpoints").glob("best-*.ckpt"))
+    proc = run_script("eval.py", f"ckpt_path={ckpt}", f"hydra.run.dir={out}", "trainer.enable_progress_bar=false")
     assert proc.returncode == 0, proc.stderr[-3000:]
-    ckpt = next((run / "checkpoints").glob("best-*.ckpt"))
-    proc = run_script("eval.py", f"ckpt_path={ckpt}", f"hydra.run.dir={tmp / 'eval'}",
-                      "trainer.enable_progress_bar=false")
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return tmp / "eval"
+    return out
 
 
 def test_report_folder_files_exist_and_parse(report: Path) -> None:

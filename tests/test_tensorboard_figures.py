@@ -20,14 +20,8 @@ EPOCHS = 2
 
 
 @pytest.fixture(scope="module")
-def events(tmp_path_factory: pytest.TempPathFactory) -> EventAccumulator:
-    tmp = tmp_path_factory.mktemp("tbfig")
-    root = write_npz(tmp / "medmnist", "bloodmnist", channels=3, classes=8, n=(64, 32, 32)).parent
-    out = tmp / "run"
-    proc = run_script("train.py", f"data.root={root}", f"hydra.run.dir={out}", *FAST,
-                      f"trainer.max_epochs={EPOCHS}", "~callbacks.sample_grid")
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    acc = EventAccumulator(str(out / "tensorboard"), size_guidance={"images": 0})
+def events(blood_run: Path) -> EventAccumulator:
+    acc = EventAccumulator(str(blood_run / "tensorboard"), size_guidance={"images": 0})
     acc.Reload()
     return acc
 
