@@ -5,6 +5,7 @@ No pyplot means no global figure registry to leak and no display backend to pick
 
 from __future__ import annotations
 
+import io
 from collections.abc import Sequence
 
 import lightning as L
@@ -13,6 +14,7 @@ import torch
 from lightning.pytorch.loggers import TensorBoardLogger
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from PIL import Image
 
 
 def tensorboard_writers(trainer: L.Trainer) -> list:
@@ -21,10 +23,12 @@ def tensorboard_writers(trainer: L.Trainer) -> list:
 
 
 def to_rgb(fig: Figure) -> np.ndarray:
-    """An (H, W, 3) uint8 array of the figure, for `add_image(..., dataformats="HWC")`."""
-    canvas = FigureCanvasAgg(fig)
-    canvas.draw()
-    return np.asarray(canvas.buffer_rgba())[..., :3].copy()
+    """An (H, W, 3) uint8 array of the figure, for `add_image(..., dataformats="HWC")`; cropped so long
+    class names are never cut off."""
+    buffer = io.BytesIO()
+    FigureCanvasAgg(fig)  # attaches an off-screen canvas to the figure
+    fig.savefig(buffer, format="png", bbox_inches="tight", pad_inches=0.1)
+    return np.asarray(Image.open(buffer).convert("RGB"))
 
 
 def image_grid(images: torch.Tensor, titles: Sequence[str], ncols: int = 4, title: str = "") -> np.ndarray:

@@ -19,7 +19,9 @@ def confusion_figure(counts: Sequence[Sequence[int]] | np.ndarray, class_names: 
     counts_a = np.asarray(counts)
     rate = counts_a / np.maximum(counts_a.sum(1, keepdims=True), 1)
     k = len(class_names)
-    fig = Figure(figsize=(2.2 + 0.6 * k, 1.6 + 0.55 * k), dpi=100)
+    names = [short(n) for n in class_names]
+    label = 0.07 * max(len(n) for n in names)  # inches the tick labels take, so they are never cut off
+    fig = Figure(figsize=(2.2 + 0.6 * k + label, 1.6 + 0.55 * k + label), dpi=100, layout="constrained")
     ax = fig.add_subplot()
     im = ax.imshow(rate, cmap="Blues", vmin=0, vmax=1)
     if k <= 30:  # beyond that the numbers no longer fit their cells
@@ -27,13 +29,11 @@ def confusion_figure(counts: Sequence[Sequence[int]] | np.ndarray, class_names: 
             for j in range(k):
                 ax.text(j, i, f"{counts_a[i, j]}\n{rate[i, j]:.2f}", ha="center", va="center", fontsize=7,
                         color="white" if rate[i, j] > 0.5 else "black")
-    names = [short(n) for n in class_names]
     ax.set_xticks(range(k), names, rotation=45, ha="right", fontsize=8)
     ax.set_yticks(range(k), names, fontsize=8)
-    ax.set(xlabel="predicted", ylabel="true")
-    ax.set_title(title, fontsize=9)
+    ax.set_xlabel("predicted")
+    ax.set_title("\n".join(filter(None, [title, "rows: true class"])), fontsize=9)  # a y-label hides behind long names
     fig.colorbar(im, ax=ax, fraction=0.046, label="fraction of the true class")
-    fig.tight_layout()
     return fig
 
 
@@ -47,7 +47,7 @@ def roc_figure(probs: np.ndarray, labels: np.ndarray, class_names: list[str], ta
     """One-vs-rest ROC per class (per label for multi-label; the positive class for binary)."""
     k = len(class_names)
     onehot = labels.reshape(len(labels), -1) if task == "multi-label" else np.eye(k, dtype=int)[labels.reshape(-1)]
-    fig = Figure(figsize=(5.5, 5), dpi=100)
+    fig = Figure(figsize=(5.5, 5), dpi=100, layout="constrained")
     ax = fig.add_subplot()
     for i in range(1, 2) if task == "binary-class" else range(k):
         if aucs[i] is None:
@@ -57,14 +57,13 @@ def roc_figure(probs: np.ndarray, labels: np.ndarray, class_names: list[str], ta
     ax.plot([0, 1], [0, 1], "k--", lw=0.8)
     ax.set(xlabel="false positive rate", ylabel="true positive rate", xlim=(0, 1), ylim=(0, 1.01))
     ax.legend(fontsize=7, loc="lower right")
-    fig.tight_layout()
     return fig
 
 
 def reliability_figure(bins: dict[str, list[float]], ece: float, ece_after: float | None = None) -> Figure:
     edges = np.asarray(bins["edges"])
     centers, width = (edges[:-1] + edges[1:]) / 2, np.diff(edges)
-    fig = Figure(figsize=(5, 5), dpi=100)
+    fig = Figure(figsize=(5, 5), dpi=100, layout="constrained")
     ax = fig.add_subplot()
     ax.bar(centers, np.nan_to_num(bins["accuracy"]), width=width, edgecolor="k", alpha=0.7, label="accuracy")
     ax.plot([0, 1], [0, 1], "k--", lw=0.8, label="perfect calibration")
@@ -74,7 +73,6 @@ def reliability_figure(bins: dict[str, list[float]], ece: float, ece_after: floa
     title = f"ECE {ece:.4f}" + (f" (after temperature scaling {ece_after:.4f})" if ece_after is not None else "")
     ax.set(xlabel="confidence", ylabel="accuracy", xlim=(0, 1), ylim=(0, 1), title=title)
     ax.legend(fontsize=8, loc="upper left")
-    fig.tight_layout()
     return fig
 
 
@@ -106,7 +104,7 @@ def read_history(run_dir: Path) -> dict[str, tuple[list[int], list[float]]]:
 
 
 def curves_figure(history: dict[str, tuple[list[int], list[float]]]) -> Figure:
-    fig = Figure(figsize=(10, 4), dpi=100)
+    fig = Figure(figsize=(10, 4), dpi=100, layout="constrained")
     axes = fig.subplots(1, 2)
     for ax, (name, pair) in zip(axes, CURVES.items(), strict=True):
         for tag in pair:
@@ -114,5 +112,4 @@ def curves_figure(history: dict[str, tuple[list[int], list[float]]]) -> Figure:
                 ax.plot(*history[tag], marker="o", ms=3, label=tag)
         ax.set(xlabel="step", ylabel=name)
         ax.legend(fontsize=8)
-    fig.tight_layout()
     return fig

@@ -78,7 +78,7 @@ def _save_figures(out: Path, figs: dict[str, Figure], split: str) -> None:
     (out / "figures").mkdir(parents=True, exist_ok=True)
     with SummaryWriter(str(out / "tensorboard")) as writer:
         for name, fig in figs.items():
-            fig.savefig(out / "figures" / f"{name}.png")
+            fig.savefig(out / "figures" / f"{name}.png", bbox_inches="tight", pad_inches=0.1)
             writer.add_figure(f"{split}/{name}", fig, close=False)
 
 
