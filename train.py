@@ -7,19 +7,20 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
+from medclass import ddp
 from medclass.cli import check_command_line, report_user_errors
 from medclass.runner import train
+from medclass.sweep import optimized_value
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
 @report_user_errors
 def main(cfg: DictConfig) -> float | None:
-    metrics = train(cfg)
-    key = cfg.get("optimized_metric")  # e.g. val/acc, read from best_val; test/acc from test
-    if not key:
-        return None
-    section = "best_val" if key.startswith("val/") else key.split("/")[0]
-    return metrics.get(section, {}).get(key)
+    """Returns `optimized_metric` (e.g. best_val/val/acc) so a sweeper such as Optuna can maximize it."""
+    ddp.install()
+    with ddp.one_job():
+        metrics = train(cfg)
+    return optimized_value(metrics, cfg.get("optimized_metric"))
 
 
 if __name__ == "__main__":

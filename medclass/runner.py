@@ -13,6 +13,7 @@ import torch
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 from medclass.data import ClassificationDataModule
@@ -41,7 +42,17 @@ def scalars(results: list[dict[str, Any]]) -> dict[str, float]:
 
 
 def build_trainer(cfg: DictConfig, **overrides: Any) -> L.Trainer:
+    """The configured Trainer; SyncBatchNorm is dropped on CPU, where torch refuses it (trainer=ddp on CPU)."""
+    if cfg.trainer.get("sync_batchnorm") and not _uses_gpu(cfg.trainer.get("accelerator", "auto")):
+        log.info("sync_batchnorm off: SyncBatchNorm needs GPUs (accelerator=%s)", cfg.trainer.accelerator)
+        overrides.setdefault("sync_batchnorm", False)
     return instantiate(cfg.trainer, **overrides)
+
+
+def _uses_gpu(accelerator: Any) -> bool:
+    if str(accelerator) == "auto":
+        return torch.cuda.is_available()
+    return str(accelerator) in ("gpu", "cuda")
 
 
 def refuse_to_overwrite(cfg: DictConfig) -> None:
@@ -59,7 +70,11 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     out = Path(cfg.paths.output_dir)
     refuse_to_overwrite(cfg)
     out.mkdir(parents=True, exist_ok=True)
-    OmegaConf.save(cfg, out / "config.yaml", resolve=True)
+    zero = rank_zero_only.rank == 0  # DDP: ranks > 0 run this too (README "DDP"); only rank 0 writes and logs
+    if zero:
+        OmegaConf.save(cfg, out / "config.yaml", resolve=True)
+    else:
+        log.setLevel(logging.WARNING)
     L.seed_everything(cfg.seed, workers=True)
 
     norm = pretrained_normalization(cfg.model) if cfg.data.get("mean") is None else None
@@ -92,9 +107,10 @@ def train(cfg: DictConfig) -> dict[str, Any]:
                                                        verbose=False, weights_only=True))
     if cfg.test:
         metrics["test"] = scalars(trainer.test(module, datamodule=datamodule, ckpt_path=best, weights_only=True))
-    write_json(out / "metrics.json", metrics)
-    log_final_hparams(loggers, cfg, metrics)
-    log.info("metrics: %s", out / "metrics.json")
+    if trainer.is_global_zero:  # metrics are already reduced over ranks (torchmetrics, sync_dist)
+        write_json(out / "metrics.json", metrics)
+        log_final_hparams(loggers, cfg, metrics)
+        log.info("metrics: %s", out / "metrics.json")
     return metrics
 
 

@@ -120,7 +120,7 @@ class Classifier(L.LightningModule):
                 "trainer.gradient_clip_val=1.0, or check the inputs for NaN/inf"
             )
         self.train_metrics.update(probs, y.long())
-        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(y))
+        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(y), sync_dist=True)
         self.log_dict(self.train_metrics, on_step=False, on_epoch=True, batch_size=len(y))
         return loss
 
@@ -128,14 +128,14 @@ class Classifier(L.LightningModule):
         # checkpoints are chosen on plain predictions; the final validation (trainer.validate) uses TTA
         loss, probs, y = self._step(batch, tta=self.trainer.state.fn != "fit")
         self.val_metrics.update(probs, y.long())
-        self.log("val/loss", loss, on_epoch=True, prog_bar=True, batch_size=len(y))
+        self.log("val/loss", loss, on_epoch=True, prog_bar=True, batch_size=len(y), sync_dist=True)
         self.log_dict(self.val_metrics, on_epoch=True, prog_bar=True, batch_size=len(y))
         return {"probs": probs, "targets": y}  # for callbacks' on_*_batch_end: no second forward pass
 
     def test_step(self, batch: Any, batch_idx: int) -> dict[str, torch.Tensor]:
         loss, probs, y = self._step(batch, tta=True)
         self.test_metrics.update(probs, y.long())
-        self.log(f"{self.eval_split}/loss", loss, on_epoch=True, batch_size=len(y))
+        self.log(f"{self.eval_split}/loss", loss, on_epoch=True, batch_size=len(y), sync_dist=True)
         for name, metric in self.test_metrics.items():
             self.log(f"{self.eval_split}/{name}", metric, on_epoch=True, batch_size=len(y))
         return {"probs": probs, "targets": y}

@@ -1,0 +1,116 @@
+"""Sweeps, clusters and DDP: Optuna through Hydra, the SLURM launcher config, 2-process CPU DDP."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+from hydra import compose, initialize_config_dir
+
+from medclass.errors import MedclassError
+from medclass.sweep import optimized_value
+
+from .conftest import CONF, FAST, run_script, write_npz
+
+METRICS = {"best_val": {"val/acc": 0.5, "val/auc": 0.75}, "test": {"test/acc": 0.25}}
+
+
+@pytest.mark.parametrize(("key", "value"), [("best_val/val/auc", 0.75), ("val/acc", 0.5), ("test/acc", 0.25),
+                                            ("test/test/acc", 0.25), (None, None)])
+def test_optimized_value(key: str | None, value: float | None) -> None:
+    assert optimized_value(METRICS, key) == value
+
+
+def test_optimized_value_typo_is_one_line_error() -> None:
+    with pytest.raises(MedclassError, match="optimized_metric=best_val/val/accuracy .*best_val/val/acc"):
+        optimized_value(METRICS, "best_val/val/accuracy")
+    assert optimized_value({"test": {"test/acc": 1.0}}, "best_val/val/acc") is None  # train=false: no best_val
+
+
+def compose_hydra(overrides: list[str]):
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return compose(config_name="train", overrides=overrides, return_hydra_config=True)
+
+
+def test_optuna_search_composes() -> None:
+    cfg = compose_hydra(["hparams_search=optuna"])
+    sweeper = cfg.hydra.sweeper
+    assert sweeper._target_.endswith("OptunaSweeper") and sweeper.direction == "maximize"
+    assert sweeper.sampler._target_ == "optuna.samplers.TPESampler" and sweeper.sampler.seed == cfg.seed
+    assert set(sweeper.params) == {"optimizer.lr", "optimizer.weight_decay", "data.batch_size", "model.dropout"}
+    assert cfg.optimized_metric == "best_val/val/acc"
+
+
+def test_slurm_launcher_composes_to_sbatch(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """The launcher options reach sbatch as submitit writes it (no SLURM here: srun's presence is faked)."""
+    import submitit
+    from hydra_plugins.hydra_submitit_launcher.config import BaseQueueConf
+    from omegaconf import OmegaConf
+
+    cfg = compose_hydra(["hydra/launcher=slurm", "hydra.launcher.partition=gpu", "hydra.launcher.timeout_min=30",
+                         "hydra.launcher.gpus_per_node=2", "hydra.launcher.cpus_per_task=4"])
+    launcher = cfg.hydra.launcher
+    assert launcher._target_.endswith("SlurmLauncher") and launcher.partition == "gpu"
+    # the parameter mapping of hydra_submitit_launcher's BaseSubmititLauncher.launch
+    params = {k: v for k, v in OmegaConf.to_container(launcher).items()
+              if k not in ("_target_", "submitit_folder", "max_num_timeout")}
+    base = set(OmegaConf.structured(BaseQueueConf).keys())
+    params = {k if k in base else f"slurm_{k}": v for k, v in params.items()}
+    params["name"] = "train"  # ${hydra.job.name} is set only when Hydra runs
+    monkeypatch.setattr(submitit.SlurmExecutor, "affinity", classmethod(lambda cls: 1))
+    executor = submitit.AutoExecutor(cluster="slurm", folder=tmp_path / "%j")
+    executor.update_parameters(**params)
+    sbatch = executor._executor._make_submission_file_text("python train.py", "uid")
+    for line in ("--partition=gpu", "--time=30", "--gpus-per-node=2", "--cpus-per-task=4", "--ntasks-per-node=1",
+                 "--mem=32GB"):
+        assert f"#SBATCH {line}\n" in sbatch, sbatch
+
+
+def tiny_root(tmp_path: Path) -> Path:
+    return write_npz(tmp_path / "medmnist", "bloodmnist", channels=3, classes=8, n=(64, 32, 32)).parent
+
+
+def test_optuna_sweep_runs_trials(tmp_path: Path) -> None:
+    sweep = tmp_path / "sweep"
+    proc = run_script("train.py", "-m", "hparams_search=optuna", "hydra.sweeper.n_trials=2", *FAST,
+                      f"data.root={tiny_root(tmp_path)}", f"hydra.sweep.dir={sweep}", "logger=none")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
+    trials = [json.loads((sweep / str(i) / "metrics.json").read_text()) for i in range(2)]
+    assert set(results["best_params"]) == {"optimizer.lr", "optimizer.weight_decay", "data.batch_size",
+                                           "model.dropout"}
+    assert results["best_value"] == max(t["best_val"]["val/acc"] for t in trials)
+    assert not (sweep / "2").exists()
+
+
+def assert_one_ddp_run(run: Path) -> None:
+    """Rank 0 alone writes: one checkpoint set, one metrics.json with test metrics, no temporary files."""
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["best-epoch000.ckpt", "last.ckpt"]
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert {"test/acc", "test/auc", "test/loss"} <= set(metrics["test"]) and "val/acc" in metrics["best_val"]
+    assert not list(run.glob("*.tmp"))
+
+
+DDP = ["trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", *FAST, "logger=csv"]
+
+
+def test_ddp_two_cpu_processes(tmp_path: Path) -> None:
+    proc = run_script("train.py", *DDP, f"data.root={tiny_root(tmp_path)}", f"paths.log_dir={tmp_path / 'out'}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    runs = list((tmp_path / "out" / "train" / "runs").iterdir())
+    assert len(runs) == 1, runs  # rank 1 joined rank 0's folder instead of making its own
+    assert_one_ddp_run(runs[0])
+    assert (runs[0] / "train.log").read_text().count("metrics: ") == 1  # rank 1 logs warnings only
+
+
+def test_ddp_inside_multirun(tmp_path: Path) -> None:
+    """Each job of a sweep starts its own ranks in its own folder (Lightning alone would rerun the sweep)."""
+    sweep = tmp_path / "sweep"
+    proc = run_script("train.py", "-m", *DDP, f"data.root={tiny_root(tmp_path)}", f"hydra.sweep.dir={sweep}",
+                      "seed=1,2")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert sorted(p.name for p in sweep.iterdir() if p.is_dir()) == ["0", "1"]
+    for job in ("0", "1"):
+        assert_one_ddp_run(sweep / job)
