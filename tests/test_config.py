@@ -75,7 +75,12 @@ EXTRA = {
 }
 
 
-@pytest.mark.parametrize(("group", "option"), CASES, ids=[f"{g}={o}" for g, o in CASES])
+SLOW_CASES = {("model", "vgg16")}  # 138 M parameters: half a minute for a few CPU steps
+
+
+@pytest.mark.parametrize(("group", "option"), [
+    pytest.param(g, o, id=f"{g}={o}", marks=[pytest.mark.slow] if (g, o) in SLOW_CASES else [])
+    for g, o in CASES])
 def test_option_trains_a_few_steps(group: str, option: str, tmp_path: Path, medmnist_root: Path) -> None:
     extra = EXTRA.get(f"{group}={option}", synthetic)(tmp_path, medmnist_root)
     cfg = compose_train([f"{group}={option}", *extra, *FAST], tmp_path / "run")

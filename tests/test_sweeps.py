@@ -105,6 +105,7 @@ def test_ddp_two_cpu_processes(tmp_path: Path) -> None:
     assert (runs[0] / "train.log").read_text().count("metrics: ") == 1  # rank 1 logs warnings only
 
 
+@pytest.mark.slow  # the two-process DDP run above covers the default suite
 def test_ddp_inside_multirun(tmp_path: Path) -> None:
     """Each job of a sweep starts its own ranks in its own folder (Lightning alone would rerun the sweep)."""
     sweep = tmp_path / "sweep"

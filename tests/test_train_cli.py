@@ -79,6 +79,7 @@ def test_missing_data_offline_exits_with_the_message(tmp_path: Path) -> None:
     assert proc.returncode == 2 and "bloodmnist.npz not found in" in proc.stderr and "Traceback" not in proc.stderr
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not (SHARED_DATA / "medmnist" / "breastmnist.npz").is_file(), reason="no shared BreastMNIST")
 def test_real_breastmnist_learns(tmp_path: Path) -> None:
     """A few real epochs on BreastMNIST: the whole stack must beat chance on real ultrasound images."""
