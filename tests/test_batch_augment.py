@@ -43,6 +43,20 @@ def test_augmentation_is_per_sample_and_resizes() -> None:
     assert len({tuple(o.flatten()[:50].tolist()) for o in out}) == 16  # a different draw for every copy
 
 
+@pytest.mark.parametrize("border", ["reflect", "constant", "replicate"])
+def test_fused_warp_equals_the_op_by_op_kornia_chain(border: str) -> None:
+    """One resampling with the product of the ops' matrices = Kornia running affine, flips and turns in turn."""
+    tf = batch_train_transform(None, MEAN, STD, symmetry="invariant", p_affine=0.8, border=border)
+    assert kinds(tf) == {"RandomAffine", "RandomHorizontalFlip", "RandomVerticalFlip", "RandomRotation90"}
+    x = torch.from_numpy(images(32)).permute(0, 3, 1, 2).float() / 255
+    torch.manual_seed(3)
+    fused = tf.warp(x)
+    torch.manual_seed(3)
+    chain = tf.augment(x)  # the same parameter draws, one warp per op
+    assert not torch.allclose(fused, x)
+    torch.testing.assert_close(fused, chain, atol=2e-5, rtol=0)
+
+
 def test_flip_defaults_follow_symmetry_and_extra_must_be_kornia() -> None:
     flips = {"RandomHorizontalFlip", "RandomVerticalFlip", "RandomRotation90"}
     assert flips <= kinds(batch_train_transform(None, MEAN, STD, "invariant"))

@@ -27,6 +27,8 @@ def medmnist_root(tmp_path: Path) -> Path:
     root = tmp_path / "medmnist"
     write_npz(root, "bloodmnist", channels=3, classes=8, n=(64, 32, 32))
     write_npz(root, "organamnist", channels=1, classes=11, n=(66, 33, 33))
+    write_npz(root, "breastmnist", n=(64, 32, 32))
+    write_npz(root, "pneumoniamnist", n=(64, 32, 32))
     return root
 
 

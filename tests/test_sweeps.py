@@ -115,3 +115,19 @@ def test_ddp_inside_multirun(tmp_path: Path) -> None:
     assert sorted(p.name for p in sweep.iterdir() if p.is_dir()) == ["0", "1"]
     for job in ("0", "1"):
         assert_one_ddp_run(sweep / job)
+
+
+def test_cpu_speed_options_bf16_and_compile(tmp_path: Path) -> None:
+    """bf16 autocast on CPU and a compiled network train, test and save a checkpoint that loads uncompiled."""
+    import torch
+
+    out = tmp_path / "out"
+    proc = run_script("train.py", *FAST, f"data.root={tiny_root(tmp_path)}", f"paths.log_dir={out}", "logger=none",
+                      "trainer=cpu", "trainer.precision=bf16-mixed", "module.compile={backend:aot_eager}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    run = next((out / "train" / "runs").iterdir())
+    assert 0.0 <= json.loads((run / "metrics.json").read_text())["test"]["test/acc"] <= 1.0
+    ckpt = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert ckpt["hyper_parameters"]["compile"] == {"backend": "aot_eager"}
+    assert not [k for k in ckpt["state_dict"] if "_orig_mod" in k]  # compiled in place: eval.py loads it as is
+    assert "bf16" in (run / "train.log").read_text() or proc.stderr.count("bf16") > 0

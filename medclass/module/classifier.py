@@ -39,11 +39,12 @@ class Classifier(L.LightningModule):
         unfreeze_at_epoch: int | None = None,
         backbone_lr_scale: float = 1.0,
         freeze_layers: list[str] | None = None,
+        compile: bool | str | dict[str, Any] = False,
     ) -> None:
         super().__init__()
         # plain containers only: a DictConfig in hparams would need pickle to load
-        net, data_info, optimizer, scheduler, data_cfg, freeze_layers = map(
-            to_plain, (net, data_info, optimizer, scheduler, data_cfg, freeze_layers))
+        net, data_info, optimizer, scheduler, data_cfg, freeze_layers, compile = map(
+            to_plain, (net, data_info, optimizer, scheduler, data_cfg, freeze_layers, compile))
         self.save_hyperparameters()
         self.task = data_info["task"]
         self.num_classes = len(data_info["class_names"])
@@ -86,6 +87,13 @@ class Classifier(L.LightningModule):
         if self.hparams.freeze_backbone:
             set_backbone_frozen(self.net, self.backbone_frozen)
             freeze_named_layers(self.net, self.frozen_layers)  # unfreezing the base leaves these frozen
+
+    def setup(self, stage: str) -> None:
+        # only for fit: eval.py and predict.py load the same checkpoint without paying the compile time
+        spec = self.hparams.get("compile", False)
+        if stage == "fit" and spec not in (False, None):
+            kwargs = {} if spec is True else {"mode": spec} if isinstance(spec, str) else dict(spec)
+            self.net.compile(**kwargs)  # in place: state_dict keys unchanged
 
     @property
     def class_names(self) -> list[str]:
