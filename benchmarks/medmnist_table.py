@@ -158,20 +158,20 @@ def main() -> None:
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else f"CPU, {os.cpu_count()} cores"
     args.machine = device
     started = time.strftime("%Y-%m-%d %H:%M")
-    sections = []
-    for name in sets:
-        print(f"{name}:", flush=True)
-        measured = {p: sweep_and_evaluate(name, p, args) for p in args.protocols}
-        sections += table(name, measured, args)
     command = "python benchmarks/medmnist_table.py " + " ".join(sys.argv[1:])
-    header = [f"# MedMNIST 28 px: this project against the MedMNIST v2 paper", "",
+    header = ["# MedMNIST 28 px: this project against the MedMNIST v2 paper", "",
               f"Made by `{command.strip()}` ({started}, {device}, torch {torch.__version__}, "
               f"Python {platform.python_version()}). ACC and AUC are the `medmnist` Evaluator's (`eval.py` "
               "report, `medmnist_official`), on each run's best-validation checkpoint, mean ± std over seeds.",
               f"Paper figures: {PAPER_SOURCE}.", ""]
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text("\n".join(header + sections))
-    print("\n".join(sections))
+    sections: list[str] = []
+    for name in sets:
+        print(f"{name}:", flush=True)
+        measured = {p: sweep_and_evaluate(name, p, args) for p in args.protocols}
+        sections += table(name, measured, args)
+        args.out.write_text("\n".join(header + sections))  # after every set: a long run shows its progress
+        print("\n".join(table(name, measured, args)), flush=True)
     print(f"wrote {args.out}")
 
 
