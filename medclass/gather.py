@@ -1,8 +1,11 @@
 """Gather the `metrics.json` of every run under a folder into one table, mean ± std over seeds.
 
-    python -m medclass.gather outputs/train/multirun/2026-11-22_10-00-00 [--out table]
+    python -m medclass.gather outputs/train/multirun/2026-11-22_10-00-00 [--out table] [--sort best_val/val/auc]
 
-Runs that differ only in `seed=` form one row. Writes `<out>.csv` and `<out>.md` when --out is given.
+Runs that differ only in `seed=` form one row. Overrides shared by every run are printed once above
+the table instead of in every row. Rows are sorted on a validation metric (never on test, so the
+table does not invite picking a model on test). Writes `<out>.md` and a numeric `<out>.csv`
+(one mean and one std column per metric) when --out is given.
 """
 
 from __future__ import annotations
@@ -17,43 +20,65 @@ from pathlib import Path
 import yaml
 
 METRICS = ("test/acc", "test/auc", "best_val/val/acc", "best_val/val/auc", "run/train_seconds")
+SORT_BY = "best_val/val/acc"
+
+Row = dict[str, "str | int | float"]
 
 
-def load_runs(folder: Path) -> list[tuple[str, dict[str, float]]]:
+def load_runs(folder: Path) -> list[tuple[list[str], dict[str, float]]]:
+    """Each run's command-line overrides (without `seed=`) and its flattened numeric metrics."""
     runs = []
     for path in sorted(folder.rglob("metrics.json")):
         overrides_file = path.parent / ".hydra" / "overrides.yaml"
         overrides = yaml.safe_load(overrides_file.read_text()) if overrides_file.is_file() else []
-        key = " ".join(o for o in overrides if not o.startswith("seed=")) or "(defaults)"
         data = json.loads(path.read_text())
         flat = {f"{section}/{k}" if section != "test" else k: v for section, values in data.items()
                 if isinstance(values, dict) for k, v in values.items() if isinstance(v, (int, float))}
-        runs.append((key, flat))
+        runs.append(([o for o in overrides or [] if not o.startswith("seed=")], flat))
     return runs
 
 
-def summarize(runs: list[tuple[str, dict[str, float]]], metrics: tuple[str, ...] = METRICS) -> list[dict[str, str]]:
+def common_overrides(runs: list[tuple[list[str], dict[str, float]]]) -> list[str]:
+    """Overrides every run shares, when the runs form more than one configuration."""
+    if len({tuple(o) for o, _ in runs}) < 2:
+        return []
+    shared = set.intersection(*(set(o) for o, _ in runs))
+    return [o for o in runs[0][0] if o in shared]
+
+
+def summarize(runs: list[tuple[list[str], dict[str, float]]], metrics: tuple[str, ...] = METRICS,
+              sort_by: str = SORT_BY) -> list[Row]:
+    """One row per configuration: run count, then mean and std of each metric (std 0 for one run)."""
+    common = set(common_overrides(runs))
     groups: dict[str, list[dict[str, float]]] = defaultdict(list)
-    for key, values in runs:
-        groups[key].append(values)
-    rows = []
+    for overrides, values in runs:
+        groups[" ".join(o for o in overrides if o not in common) or "(defaults)"].append(values)
+    rows: list[Row] = []
     for key, members in groups.items():
-        row = {"config": key, "runs": str(len(members))}
+        row: Row = {"config": key, "runs": len(members)}
         for m in metrics:
             vals = [v[m] for v in members if m in v]
             if vals:
-                sd = statistics.stdev(vals) if len(vals) > 1 else 0.0
-                mean = statistics.mean(vals)
-                digits = 4 if abs(mean) < 10 else 1  # scores to 4 places, seconds to 1
-                row[m] = f"{mean:.{digits}f} ± {sd:.{digits}f}"
+                row[m] = statistics.mean(vals)
+                row[f"{m} std"] = statistics.stdev(vals) if len(vals) > 1 else 0.0
         rows.append(row)
-    return sorted(rows, key=lambda r: r.get(metrics[0], ""), reverse=True)
+    key = sort_by if any(sort_by in r for r in rows) else next((m for m in metrics if any(m in r for r in rows)), "")
+    return sorted(rows, key=lambda r: float(r.get(key, float("-inf"))), reverse=True)
 
 
-def to_markdown(rows: list[dict[str, str]]) -> str:
-    cols = list(dict.fromkeys(k for r in rows for k in r))
-    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    lines += ["| " + " | ".join(r.get(c, "") for c in cols) + " |" for r in rows]
+def to_markdown(rows: list[Row], common: list[str] = ()) -> str:
+    """`mean ± std` cells; a single run shows its value alone. Scores to 4 places, seconds to 1."""
+    metrics = [c for c in dict.fromkeys(k for r in rows for k in r) if c not in ("config", "runs") and not c.endswith(" std")]
+
+    def cell(r: Row, m: str) -> str:
+        if m not in r:
+            return ""
+        digits = 1 if m.endswith("seconds") else 4
+        return f"{r[m]:.{digits}f}" + (f" ± {r[f'{m} std']:.{digits}f}" if int(r["runs"]) > 1 else "")
+
+    lines = [f"Common to every run: `{' '.join(common)}`\n"] if common else []
+    lines += ["| " + " | ".join(["config", "runs", *metrics]) + " |", "|" + "---|" * (len(metrics) + 2)]
+    lines += ["| " + " | ".join([str(r["config"]), str(r["runs"]), *(cell(r, m) for m in metrics)]) + " |" for r in rows]
     return "\n".join(lines)
 
 
@@ -61,12 +86,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("folder", type=Path, help="a multirun folder (or any folder holding runs)")
     parser.add_argument("--out", type=Path, help="write <out>.csv and <out>.md")
+    parser.add_argument("--sort", default=SORT_BY, help=f"metric to sort rows on, best first (default {SORT_BY})")
     args = parser.parse_args()
+    if not args.folder.is_dir():
+        raise SystemExit(f"error: {args.folder} is not a folder; pass a train.py run or multirun folder")
     runs = load_runs(args.folder)
     if not runs:
         raise SystemExit(f"error: no metrics.json under {args.folder}; pass a train.py run or multirun folder")
-    rows = summarize(runs)
-    table = to_markdown(rows)
+    rows = summarize(runs, sort_by=args.sort)
+    table = to_markdown(rows, common_overrides(runs))
     print(table)
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
