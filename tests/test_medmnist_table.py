@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from .conftest import ROOT, compose_train, write_npz
 
 
@@ -19,6 +21,7 @@ def test_paper_protocol_preset(tmp_path: Path) -> None:
     assert (cfg.callbacks.model_checkpoint.monitor, cfg.callbacks.model_checkpoint.mode) == ("val/auc", "max")
 
 
+@pytest.mark.slow  # four trainings and four evals in subprocesses: about 70 s
 def test_table_from_two_protocols(tmp_path: Path) -> None:
     data = write_npz(tmp_path / "medmnist", "breastmnist", n=(48, 24, 24)).parent
     out, runs = tmp_path / "table.md", tmp_path / "runs"
