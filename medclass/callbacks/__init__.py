@@ -7,4 +7,4 @@ from medclass.callbacks.random_state import RandomState
 from medclass.callbacks.sample_grid import AugmentedSampleGrid
 from medclass.callbacks.worst_mistakes import WorstMistakes
 
-__all__ = ["EMA", "AugmentedSampleGrid", "ConfusionMatrixImage", "EpochSummary", "RandomState", "WorstMistakes"]
+__all__ = ["AugmentedSampleGrid", "ConfusionMatrixImage", "EMA", "EpochSummary", "RandomState", "WorstMistakes"]
