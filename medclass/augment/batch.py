@@ -39,10 +39,12 @@ class BatchAugment(nn.Module):
         self, ops: Sequence[nn.Module], image_size: int | None, mean: Sequence[float], std: Sequence[float]
     ) -> None:
         super().__init__()
+        # the whole chain, op by op (what the fusion must match); forward runs the same modules as
+        # one fused warp of the leading geometric ops, then the rest
         self.augment = K.AugmentationSequential(*ops) if ops else nn.Identity()
-        n_fused = next((i for i, op in enumerate(ops) if not isinstance(op, FUSABLE)), len(ops))
-        self.fused = list(self.augment.children())[:n_fused] if ops else []  # the same modules, not copies
-        rest = list(self.augment.children())[n_fused:] if ops else []
+        children = list(self.augment.children())
+        n_fused = next((i for i, op in enumerate(children) if not isinstance(op, FUSABLE)), len(children))
+        self.fused, rest = children[:n_fused], children[n_fused:]
         self.rest = K.AugmentationSequential(*rest) if rest else None
         affine = next((op for op in self.fused if isinstance(op, K.RandomAffine)), None)
         self.padding = affine.flags["padding_mode"].name.lower() if affine is not None else "zeros"
