@@ -37,7 +37,9 @@ def test_table_from_two_protocols(tmp_path: Path) -> None:
     for protocol in ("recipe", "paper"):
         (run,) = (runs / "breastmnist" / protocol).glob("*/metrics.json")
         official = json.loads((run.parent / "test_report" / "report.json").read_text())["medmnist_official"]
-        assert f"{official['acc']:.3f} ± 0.000" in next(r for r in rows if ("recipe" in r) == (protocol == "recipe"))
+        assert f"{official['acc']:.4f} ± 0.0000" in next(r for r in rows if ("recipe" in r) == (protocol == "recipe"))
+    verdicts = [line for line in text.splitlines() if line.startswith("- ")]
+    assert len(verdicts) == 2 and all("ResNet-18 (28)" in v and "10 minutes" in v for v in verdicts), verdicts
     # finished sweeps are reused, not rerun
     again = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=200)
     assert again.returncode == 0 and again.stdout.count("reusing") == 2, again.stdout[-2000:]
