@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
+import numpy as np
 import torch
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
@@ -150,24 +151,27 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     module.eval_split = cfg.split
     if cfg.get("tta"):
         module.tta = cfg.tta
-    trainer = build_trainer(cfg, logger=False, callbacks=[])
+    from medclass.eval.report import KeepTestOutputs
+
+    kept = KeepTestOutputs()
+    trainer = build_trainer(cfg, logger=False, callbacks=[kept])
     results = scalars(trainer.test(module, dataloaders=datamodule.split_dataloader(cfg.split)))
     out = Path(cfg.paths.output_dir)
     payload = {cfg.split: results, "checkpoint": str(cfg.ckpt_path)}
     write_json(out / "metrics.json", payload)
     log.info("metrics: %s", out / "metrics.json")
     if cfg.get("report", True):
-        make_report(cfg, module, datamodule, out, trainer.strategy.root_device)
+        make_report(cfg, module, datamodule, out, trainer.strategy.root_device, *kept.arrays())
     return payload
 
 
 def make_report(cfg: DictConfig, module: Classifier, datamodule: ClassificationDataModule, out: Path,
-                device: torch.device) -> None:
-    """report.json, per_class.csv, figures and report.md; the temperature is fitted on validation only."""
+                device: torch.device, probs: np.ndarray, labels: np.ndarray) -> None:
+    """report.json, per_class.csv, figures and report.md from the test pass's probabilities; the
+    temperature is fitted on validation only (one more pass, over val)."""
     from medclass.eval.report import collect, write_report
 
     module.to(device)
-    probs, labels = collect(module, datamodule.split_dataloader(cfg.split), cfg.split)
     calibrate = cfg.get("calibrate", True) and cfg.split != "val"  # fitting on the split it scores would flatter it
     val = collect(module, datamodule.split_dataloader("val"), "val") if calibrate else None
     ckpt = Path(cfg.ckpt_path)

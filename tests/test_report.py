@@ -88,6 +88,9 @@ def test_report_folder_files_exist_and_parse(report: Path) -> None:
     assert np.asarray(data["metrics"]["confusion"]["counts"]).sum() == 48
     assert {"acc", "auc"} == set(data["medmnist_official"])
     assert data["medmnist_official"]["acc"] == pytest.approx(data["metrics"]["accuracy"])
+    # the report is built from the very pass that wrote metrics.json (no second prediction)
+    scored = json.loads((report / "metrics.json").read_text())["test"]
+    assert scored["test/acc"] == pytest.approx(data["metrics"]["accuracy"], abs=1e-6)
     assert {"ece", "temperature", "ece_after_temperature"} <= set(data["calibration"])
     with open(report / "per_class.csv") as f:
         rows = list(csv.DictReader(f))

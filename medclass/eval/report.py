@@ -12,6 +12,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
+import lightning as L
 import numpy as np
 import torch
 from lightning.pytorch.utilities import move_data_to_device
@@ -25,6 +26,22 @@ from medclass.eval.calibration import apply_temperature, calibration_summary, fi
 from medclass.eval.metrics import classification_metrics, official
 
 log = logging.getLogger("medclass")
+
+
+class KeepTestOutputs(L.Callback):
+    """The test pass's probabilities and labels, so the report needs no second pass over the split."""
+
+    def __init__(self) -> None:
+        self.probs: list[torch.Tensor] = []
+        self.labels: list[torch.Tensor] = []
+
+    def on_test_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
+                          batch_idx: int, dataloader_idx: int = 0) -> None:
+        self.probs.append(outputs["probs"].float().cpu())
+        self.labels.append(outputs["targets"].cpu())
+
+    def arrays(self) -> tuple[np.ndarray, np.ndarray]:
+        return torch.cat(self.probs).numpy(), torch.cat(self.labels).numpy()
 
 
 @torch.inference_mode()
