@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import sys
-
 import hydra
 from omegaconf import DictConfig
 
-from medclass.cli import check_command_line, report_user_errors
+from medclass.cli import report_user_errors, run
 from medclass.predict import run_predict
 
 
@@ -18,5 +16,4 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    check_command_line(sys.argv[1:])
-    main()
+    run(main)

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import sys
-
 import hydra
 from omegaconf import DictConfig
 
 from medclass import ddp
-from medclass.cli import check_command_line, report_user_errors
+from medclass.cli import report_user_errors, run
 from medclass.runner import train
 from medclass.sweep import optimized_value
 
@@ -24,5 +22,4 @@ def main(cfg: DictConfig) -> float | None:
 
 
 if __name__ == "__main__":
-    check_command_line(sys.argv[1:])
-    main()
+    run(main)

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import functools
+import logging
 import os
 import re
 import sys
+import traceback
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -27,24 +30,79 @@ def find_user_error(err: BaseException | None) -> MedclassError | None:
     return None
 
 
+@dataclass
+class SweepRecord:
+    """This process's jobs under `-m` (the local launcher runs them all here), for the closing summary."""
+
+    finished: int = 0
+    failed: list[str] = field(default_factory=list)  # "<overrides>: <error> (<folder>/error.txt)"
+
+
+SWEEP = SweepRecord()
+ERROR_FILE = "error.txt"
+
+
+def in_multirun() -> bool:
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+
+
+def record_failed_job(err: BaseException, user_error: MedclassError | None) -> None:
+    """A failed sweep job: its error in its own folder (`error.txt`), one log line, and on with the sweep."""
+    from hydra.core.hydra_config import HydraConfig
+
+    hydra_cfg = HydraConfig.get()
+    folder = Path(hydra_cfg.runtime.output_dir)
+    overrides = " ".join(hydra_cfg.overrides.task) or "(defaults)"
+    message = str(user_error) if user_error else f"{type(err).__name__}: {err}"
+    folder.mkdir(parents=True, exist_ok=True)
+    trace = "".join(traceback.format_exception(err))
+    (folder / ERROR_FILE).write_text(f"error: {message}\noverrides: {overrides}\n\n{trace}")
+    SWEEP.failed.append(f"{overrides}: {message} ({folder / ERROR_FILE})")
+    logging.getLogger("medclass").error("job failed, the sweep goes on: %s (%s)", message, folder / ERROR_FILE)
+
+
 def report_user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
     """Turn a MedclassError into one `error:` line and exit code 2.
 
-    Set HYDRA_FULL_ERROR=1 to get the full traceback instead.
+    Under `-m` no job's failure ends the sweep: any exception is written to the job's `error.txt`, the
+    job returns NaN (a sweeper such as Optuna marks the trial failed) and `run` sums up at the end.
+    Set HYDRA_FULL_ERROR=1 to get the full traceback of a single run instead.
     """
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
-            return fn(*args, **kwargs)
+            result = fn(*args, **kwargs)
         except Exception as err:
             user_error = find_user_error(err)
+            if in_multirun():
+                record_failed_job(err, user_error)
+                return float("nan")
             if user_error is None or os.environ.get("HYDRA_FULL_ERROR") == "1":
                 raise
             print(f"error: {user_error}", file=sys.stderr)
             sys.exit(2)
+        SWEEP.finished += 1
+        return result
 
     return wrapper
+
+
+def run(main: Callable[[], Any], argv: Sequence[str] | None = None) -> None:
+    """An entry script's whole life: check the command line, run the Hydra main, sum up a sweep.
+
+    A sweep with failed jobs ends with one line naming them and exit code 1.
+    """
+    check_command_line(sys.argv[1:] if argv is None else argv)
+    main()
+    if SWEEP.failed:
+        total = SWEEP.finished + len(SWEEP.failed)
+        print(f"error: {SWEEP.finished} of {total} jobs finished; failed: " + "; ".join(SWEEP.failed),
+              file=sys.stderr)
+        sys.exit(1)
 
 
 def check_group_choices(argv: Sequence[str], conf: Path = CONF) -> None:

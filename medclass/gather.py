@@ -3,7 +3,8 @@
     python -m medclass.gather outputs/train/multirun/2026-11-22_10-00-00 [--out table] [--sort best_val/val/auc]
 
 Runs that differ only in `seed=` form one row. Overrides shared by every run are printed once above
-the table instead of in every row. Rows are sorted on a validation metric (never on test, so the
+the table instead of in every row. A job that failed (an `error.txt` and no `metrics.json`, as a
+sweep leaves it) is counted in its row's `failed` column and listed under the table, never averaged in. Rows are sorted on a validation metric (never on test, so the
 table does not invite picking a model on test). Writes `<out>.md` and a numeric `<out>.csv`
 (one mean and one std column per metric) when --out is given.
 """
@@ -25,17 +26,35 @@ SORT_BY = "best_val/val/acc"
 Row = dict[str, "str | int | float"]
 
 
+ERROR_FILE = "error.txt"  # what a failed sweep job leaves (medclass.cli)
+
+
+def _overrides(run_dir: Path) -> list[str]:
+    overrides_file = run_dir / ".hydra" / "overrides.yaml"
+    overrides = yaml.safe_load(overrides_file.read_text()) if overrides_file.is_file() else []
+    return [o for o in overrides or [] if not o.startswith("seed=")]
+
+
 def load_runs(folder: Path) -> list[tuple[list[str], dict[str, float]]]:
     """Each run's command-line overrides (without `seed=`) and its flattened numeric metrics."""
     runs = []
     for path in sorted(folder.rglob("metrics.json")):
-        overrides_file = path.parent / ".hydra" / "overrides.yaml"
-        overrides = yaml.safe_load(overrides_file.read_text()) if overrides_file.is_file() else []
         data = json.loads(path.read_text())
         flat = {f"{section}/{k}" if section != "test" else k: v for section, values in data.items()
                 if isinstance(values, dict) for k, v in values.items() if isinstance(v, (int, float))}
-        runs.append(([o for o in overrides or [] if not o.startswith("seed=")], flat))
+        runs.append((_overrides(path.parent), flat))
     return runs
+
+
+def load_failures(folder: Path) -> list[tuple[list[str], str, Path]]:
+    """Each failed job's overrides (without `seed=`), its one-line error and its folder."""
+    failures = []
+    for path in sorted(folder.rglob(ERROR_FILE)):
+        if (path.parent / "metrics.json").is_file():
+            continue
+        first = (path.read_text().splitlines() or ["error: (empty error.txt)"])[0]
+        failures.append((_overrides(path.parent), first.removeprefix("error: "), path.parent))
+    return failures
 
 
 def common_overrides(runs: list[tuple[list[str], dict[str, float]]]) -> list[str]:
@@ -47,15 +66,26 @@ def common_overrides(runs: list[tuple[list[str], dict[str, float]]]) -> list[str
 
 
 def summarize(runs: list[tuple[list[str], dict[str, float]]], metrics: tuple[str, ...] = METRICS,
-              sort_by: str = SORT_BY) -> list[Row]:
-    """One row per configuration: run count, then mean and std of each metric (std 0 for one run)."""
-    common = set(common_overrides(runs))
+              sort_by: str = SORT_BY, failures: list[tuple[list[str], str, Path]] = ()) -> list[Row]:
+    """One row per configuration: run count, then mean and std of each metric (std 0 for one run);
+    with failures, a `failed` count per row (a configuration whose every job failed has runs 0)."""
+    common = set(common_overrides([*runs, *((o, {}) for o, _, _ in failures)]))
+
+    def label(overrides: list[str]) -> str:
+        return " ".join(o for o in overrides if o not in common) or "(defaults)"
+
     groups: dict[str, list[dict[str, float]]] = defaultdict(list)
+    failed: dict[str, int] = defaultdict(int)
     for overrides, values in runs:
-        groups[" ".join(o for o in overrides if o not in common) or "(defaults)"].append(values)
+        groups[label(overrides)].append(values)
+    for overrides, _, _ in failures:
+        failed[label(overrides)] += 1
+        groups.setdefault(label(overrides), [])
     rows: list[Row] = []
     for key, members in groups.items():
         row: Row = {"config": key, "runs": len(members)}
+        if failures:
+            row["failed"] = failed.get(key, 0)
         for m in metrics:
             vals = [v[m] for v in members if m in v]
             if vals:
@@ -68,7 +98,9 @@ def summarize(runs: list[tuple[list[str], dict[str, float]]], metrics: tuple[str
 
 def to_markdown(rows: list[Row], common: list[str] = ()) -> str:
     """`mean ± std` cells; a single run shows its value alone. Scores to 4 places, seconds to 1."""
-    metrics = [c for c in dict.fromkeys(k for r in rows for k in r) if c not in ("config", "runs") and not c.endswith(" std")]
+    metrics = [c for c in dict.fromkeys(k for r in rows for k in r)
+               if c not in ("config", "runs", "failed") and not c.endswith(" std")]
+    counts = ["runs", "failed"] if any("failed" in r for r in rows) else ["runs"]
 
     def cell(r: Row, m: str) -> str:
         if m not in r:
@@ -77,9 +109,18 @@ def to_markdown(rows: list[Row], common: list[str] = ()) -> str:
         return f"{r[m]:.{digits}f}" + (f" ± {r[f'{m} std']:.{digits}f}" if int(r["runs"]) > 1 else "")
 
     lines = [f"Common to every run: `{' '.join(common)}`\n"] if common else []
-    lines += ["| " + " | ".join(["config", "runs", *metrics]) + " |", "|" + "---|" * (len(metrics) + 2)]
-    lines += ["| " + " | ".join([str(r["config"]), str(r["runs"]), *(cell(r, m) for m in metrics)]) + " |" for r in rows]
+    lines += ["| " + " | ".join(["config", *counts, *metrics]) + " |", "|" + "---|" * (len(metrics) + len(counts) + 1)]
+    lines += ["| " + " | ".join([str(r["config"]), *(str(r[c]) for c in counts), *(cell(r, m) for m in metrics)]) + " |"
+              for r in rows]
     return "\n".join(lines)
+
+
+def failure_lines(failures: list[tuple[list[str], str, Path]]) -> str:
+    """The failed jobs under the table: overrides, error, folder."""
+    if not failures:
+        return ""
+    items = [f"- `{' '.join(o) or '(defaults)'}`: {message} ({folder})" for o, message, folder in failures]
+    return "\n".join([f"\n\nFailed jobs ({len(failures)}, not averaged in):", *items])
 
 
 def main() -> None:
@@ -90,11 +131,11 @@ def main() -> None:
     args = parser.parse_args()
     if not args.folder.is_dir():
         raise SystemExit(f"error: {args.folder} is not a folder; pass a train.py run or multirun folder")
-    runs = load_runs(args.folder)
-    if not runs:
+    runs, failures = load_runs(args.folder), load_failures(args.folder)
+    if not runs and not failures:
         raise SystemExit(f"error: no metrics.json under {args.folder}; pass a train.py run or multirun folder")
-    rows = summarize(runs, sort_by=args.sort)
-    table = to_markdown(rows, common_overrides(runs))
+    rows = summarize(runs, sort_by=args.sort, failures=failures)
+    table = to_markdown(rows, common_overrides([*runs, *((o, {}) for o, _, _ in failures)])) + failure_lines(failures)
     print(table)
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -66,10 +66,29 @@ def refuse_to_overwrite(cfg: DictConfig) -> None:
         )
 
 
+def check_resume_checkpoint(cfg: DictConfig) -> None:
+    """`ckpt_path=` must name a checkpoint whose hyperparameters build only medclass's own objects;
+    `train=false` needs one (it would test random weights otherwise)."""
+    from medclass.checkpoint import read_hparams
+
+    if not cfg.train and cfg.ckpt_path is None:
+        raise MedclassError("train=false tests a trained model: add ckpt_path=<run>/checkpoints/<file>.ckpt "
+                            "(without it the test would score random weights)")
+    if cfg.ckpt_path is None:
+        return
+    path = Path(str(cfg.ckpt_path))
+    if cfg.ckpt_path == "last":
+        path = Path(str(OmegaConf.select(cfg, "callbacks.model_checkpoint.dirpath") or "")) / "last.ckpt"
+        if not path.is_file():
+            return  # Lightning starts afresh (README "Reliability")
+    read_hparams(path)
+
+
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Seed, build, fit, validate and test the best checkpoint; writes config.yaml and metrics.json."""
     out = Path(cfg.paths.output_dir)
     refuse_to_overwrite(cfg)
+    check_resume_checkpoint(cfg)
     out.mkdir(parents=True, exist_ok=True)
     zero = rank_zero_only.rank == 0  # DDP: ranks > 0 run this too (README "DDP"); only rank 0 writes and logs
     if zero:
@@ -80,14 +99,18 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
     norm = pretrained_normalization(cfg.model) if cfg.data.get("mean") is None else None
     datamodule: ClassificationDataModule = instantiate(cfg.data, **({"mean": norm[0], "std": norm[1]} if norm else {}))
-    datamodule.prepare_data()
+    datamodule.prepare_data()  # every rank: the download itself is locked, so only one process fetches
     info = datamodule.info
+    if zero:
+        datamodule.write_split(out / "split.csv")
     module: Classifier = instantiate(cfg.module, data_info=info.as_dict(), data_cfg=plain(cfg.data))
     loggers = instantiate_all(cfg.get("logger"))
     callbacks = instantiate_all(cfg.get("callbacks"))
     if not loggers:  # logger=none: the learning-rate monitor has nowhere to write and would stop the run
         callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
-    trainer = build_trainer(cfg, callbacks=callbacks, logger=loggers or False)
+    # no ModelCheckpoint configured (callbacks=none): none at all, not Lightning's default one
+    checkpointing = {} if any(isinstance(c, ModelCheckpoint) for c in callbacks) else {"enable_checkpointing": False}
+    trainer = build_trainer(cfg, callbacks=callbacks, logger=loggers or False, **checkpointing)
     n_params = sum(p.numel() for p in module.parameters())
     log.info("data %s (%s, %d classes, %d channels) | model %s, %.2fM parameters | output %s",
              cfg.data.get("name", cfg.data._target_), info.task, info.num_classes, info.in_chans,
@@ -102,7 +125,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     ckpt = next((c for c in trainer.checkpoint_callbacks if isinstance(c, ModelCheckpoint)), None)
     best = ((ckpt.best_model_path or None) if ckpt else None) or cfg.ckpt_path  # train=false tests ckpt_path
     summary["best_checkpoint"] = best
-    metrics: dict[str, Any] = {"run": summary, "data": {"cross_split_duplicates": datamodule.duplicates}}
+    metrics: dict[str, Any] = {"run": summary, "data": {"cross_split_duplicates": datamodule.duplicates,
+                                                        "split_key": info.split_key}}
     if cfg.train:
         metrics["best_val"] = scalars(trainer.validate(module, datamodule=datamodule, ckpt_path=best,
                                                        verbose=False, weights_only=True))
@@ -146,8 +170,12 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     overrides = {k: v for k, v in plain(cfg.get("data") or {}).items() if v is not None}
     data_cfg = OmegaConf.merge(module.hparams.data_cfg, overrides)
     data_cfg.augment = None
+    for key, folder in (("split_dir", "splits"), ("cache_dir", "cache")):  # this machine's, not the trainer's
+        if key in data_cfg and key not in overrides:
+            data_cfg[key] = str(Path(cfg.paths.log_dir) / folder)
     datamodule = instantiate(data_cfg, mean=info["mean"], std=info["std"], in_chans=info["in_chans"])
     datamodule.prepare_data()
+    check_same_split(info.get("split_key"), datamodule.info.split_key, cfg)
     module.eval_split = cfg.split
     if cfg.get("tta"):
         module.tta = cfg.tta
@@ -157,12 +185,24 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     trainer = build_trainer(cfg, logger=False, callbacks=[kept])
     results = scalars(trainer.test(module, dataloaders=datamodule.split_dataloader(cfg.split)))
     out = Path(cfg.paths.output_dir)
-    payload = {cfg.split: results, "checkpoint": str(cfg.ckpt_path)}
+    payload = {cfg.split: results, "checkpoint": str(cfg.ckpt_path), "split_key": datamodule.info.split_key}
     write_json(out / "metrics.json", payload)
     log.info("metrics: %s", out / "metrics.json")
     if cfg.get("report", True):
         make_report(cfg, module, datamodule, out, trainer.strategy.root_device, *kept.arrays())
     return payload
+
+
+def check_same_split(trained: str | None, now: str, cfg: DictConfig) -> None:
+    """The split being scored must be the one the model was trained with: new files under the data root
+    would otherwise move training images into the test split without a word."""
+    if not trained or trained == now:
+        return
+    message = (f"the data now give split key {now}, but {cfg.ckpt_path} was trained on split {trained} (files "
+               "added, removed or renamed, or other split settings); point data.root at the training data")
+    if cfg.get("split_check", True):
+        raise MedclassError(message + ", or pass split_check=false to score the new split anyway")
+    log.warning("%s; scoring the new split (split_check=false)", message)
 
 
 def make_report(cfg: DictConfig, module: Classifier, datamodule: ClassificationDataModule, out: Path,

@@ -11,6 +11,7 @@ import pytest
 import timm
 import torch
 import torchvision
+from hydra.utils import instantiate
 from PIL import Image
 
 from medclass.checkpoint import load_classifier
@@ -107,15 +108,47 @@ def test_gradcam_overlays_have_the_image_size(folder_run: tuple[Path, str]) -> N
 
 
 def test_single_file_glob_and_python_api(ckpt: Path, tmp_path: Path) -> None:
-    inputs = ckpt.parents[2] / "inputs"
+    inputs = ckpt.parents[2] / "data"  # the training tree: exists without the folder_run fixture
     result = run_predict(predict_cfg(ckpt, str(inputs / "b" / "img3.png"), tmp_path / "one"))
     assert [Path(r["path"]).name for r in result.records] == ["img3.png"] and not result.skipped
     result = run_predict(predict_cfg(ckpt, f"'{inputs}/*/img1.png'", tmp_path / "glob", k=5))
     assert sorted(Path(r["path"]).parent.name for r in result.records) == list(CLASSES)
     assert len(rows(tmp_path / "glob" / "predictions.csv")) == 3
     assert all(len(r["top_k"]) == 3 for r in result.records)  # k is capped at the number of classes
-    record = predict_image(load_classifier(ckpt), inputs / "a" / "img0.png")
-    assert record["class"] in CLASSES and 1 / 3 <= record["confidence"] <= 1
+
+
+def training_pipeline_probabilities(ckpt: Path) -> dict[Path, torch.Tensor]:
+    """Softmax of the checkpoint's network on every image as the training data pipeline prepared it
+    (the checkpoint's own data config, evaluation transform), computed here without medclass.predict."""
+    module = load_classifier(ckpt).eval()
+    info = module.hparams.data_info
+    data_cfg = {**module.hparams.data_cfg, "augment": None}
+    dm = instantiate(data_cfg, mean=info["mean"], std=info["std"], in_chans=info["in_chans"])
+    dm.setup()
+    out = {}
+    for split in ("train", "val", "test"):
+        paths = [Path(r[0]) for r in dm.rows() if r[2] == split]
+        x = torch.stack([dm.datasets[split][i][0] for i in range(len(paths))])
+        with torch.no_grad():
+            probs = torch.softmax(module(x), dim=-1)
+        out.update(zip(paths, probs, strict=True))
+    return out
+
+
+def test_predicted_probabilities_are_the_networks_softmax_on_the_training_preprocessing(ckpt: Path) -> None:
+    """predict_image scores a file exactly as the checkpoint scores it inside its data set."""
+    reference = training_pipeline_probabilities(ckpt)
+    module = load_classifier(ckpt)
+    images = [ckpt.parents[2] / "data" / c / f"img{i}.png" for c in CLASSES for i in (0, 5)]
+    for path in images:
+        record = predict_image(module, path)
+        expected = reference[path]
+        assert list(record["probabilities"].values()) == pytest.approx(expected.tolist(), abs=2e-6), path
+        assert record["class"] == CLASSES[int(expected.argmax())]
+        assert record["confidence"] == pytest.approx(float(expected.max()), abs=2e-6)
+    # the comparison has teeth: the trained network gives the three grey levels different probabilities
+    first = [reference[ckpt.parents[2] / "data" / c / "img0.png"] for c in CLASSES]
+    assert min(float((a - b).abs().max()) for a, b in ((first[0], first[1]), (first[1], first[2]))) > 0.01
 
 
 def test_no_readable_image_is_one_clear_error(ckpt: Path, tmp_path: Path) -> None:

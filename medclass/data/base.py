@@ -6,8 +6,11 @@ channel conversion, normalization statistics, transforms and loaders live here o
 
 from __future__ import annotations
 
+import csv
+import functools
 import logging
 from collections.abc import Callable
+from pathlib import Path
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -15,6 +18,7 @@ import cv2
 import lightning as L
 import numpy as np
 import torch
+from lightning.fabric.utilities.seed import pl_worker_init_function
 from torch.utils.data import DataLoader, Dataset, get_worker_info
 
 from medclass.augment import BatchAugment, eval_transform
@@ -36,6 +40,7 @@ class DataInfo:
     mean: list[float] = field(default_factory=list)
     std: list[float] = field(default_factory=list)
     symmetry: str = "sided"
+    split_key: str = ""  # names the exact train/val/test partition (metrics.json, split.csv, eval's check)
 
     @property
     def num_classes(self) -> int:
@@ -80,9 +85,14 @@ def as_batch(batch: Any) -> Any:
     return batch
 
 
-def init_worker(worker_id: int) -> None:
-    """One OpenCV thread per worker, and a distinct augmentation stream per worker and epoch."""
+def init_worker(worker_id: int, rank: int = 0) -> None:
+    """One OpenCV thread per worker, and a distinct augmentation stream per worker, epoch and DDP rank.
+
+    Lightning's own worker seeding (random, numpy, torch from the base seed, worker id and rank) runs
+    first; the Albumentations pipeline, which keeps its own generator, is then seeded from the result.
+    """
     cv2.setNumThreads(0)
+    pl_worker_init_function(worker_id, rank)
     info = get_worker_info()
     transform = getattr(info.dataset, "transform", None) if info else None
     if hasattr(transform, "set_random_seed"):
@@ -157,6 +167,7 @@ class ClassificationDataModule(L.LightningDataModule):
         self.batch_augment: BatchAugment | None = None  # augment=batch: the fast path
         self._train_images: torch.Tensor | None = None  # uint8 (N, H, W, C), moved to the training device
         self.duplicates: dict[str, int] = {}  # exact copies across splits, e.g. {"test_in_train": 3}
+        self._labels: dict[str, np.ndarray] = {}
 
     # -- what a subclass provides -------------------------------------------------------------
     def describe(self) -> DataInfo:
@@ -166,6 +177,26 @@ class ClassificationDataModule(L.LightningDataModule):
     def load_splits(self) -> dict[str, tuple[np.ndarray, np.ndarray]]:
         """uint8 images and raw labels for each split in SPLITS."""
         raise NotImplementedError
+
+    def split_items(self, split: str) -> list[str]:
+        """What identifies each image of `split` in split.csv; arrays: `<split>/<index>`."""
+        return [f"{split}/{i}" for i in range(len(self._labels[split]))]
+
+    def write_split(self, path: Path) -> None:
+        """The exact partition this run used: `path,label,split`, one row per image (multi-label: names
+        joined with `;`); folder data give paths relative to their root."""
+        info = self.info
+        names = info.class_names
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(["path", "label", "split"])
+            for split in SPLITS:
+                labels = self._labels[split]
+                for item, y in zip(self.split_items(split), labels, strict=True):
+                    label = (";".join(n for n, v in zip(names, y, strict=True) if v) if info.task == "multi-label"
+                             else names[int(y)])
+                    writer.writerow([item, label, split])
 
     # -- shared machinery ---------------------------------------------------------------------
     @property
@@ -186,6 +217,7 @@ class ClassificationDataModule(L.LightningDataModule):
         self.duplicates = cross_split_duplicates({s: arrays[s] for s in SPLITS})
         report_duplicates(self.duplicates)
         labels = {s: encode_labels(y, info.task) for s, (_, y) in splits.items()}
+        self._labels = labels
         mean, std = channel_stats(arrays["train"]) if self.mean is None else (list(self.mean), list(self.std))
         if chans == 1 and len(mean) == 3 == len(std):  # RGB statistics (a pretrained backbone's) for grey input
             mean, std = [round(sum(mean) / 3, 4)], [round(sum(std) / 3, 4)]
@@ -233,9 +265,13 @@ class ClassificationDataModule(L.LightningDataModule):
             num_workers=workers,
             persistent_workers=workers > 0,
             pin_memory=self.pin_memory and not indices,
-            worker_init_fn=init_worker,
+            worker_init_fn=functools.partial(init_worker, rank=self.global_rank),
             collate_fn=as_batch if indices else None,
         )
+
+    @property
+    def global_rank(self) -> int:
+        return self.trainer.global_rank if self.trainer is not None else 0
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", train=True)

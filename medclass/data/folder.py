@@ -2,14 +2,20 @@
 
 Images are decoded, converted to the channel count and resized to `image_size` a single time, and
 kept as one uint8 array (cached on disk, keyed by the file list, size and channels), so every epoch
-after the first read costs what MedMNIST costs. The split CSV and the list of skipped files sit
-beside each other in `split_dir`.
+after the first read costs what MedMNIST costs.
+
+The split depends only on the data and `split_seed`, never on the training `seed`, so `seed=1,2,3`
+varies training alone. Its file in `split_dir` is named by a key over everything that decides it
+(the file list, fractions, split seed, class map, test root): change any and the key changes, so a
+stored split is never reused for other data. Paths are stored relative to their root, so a moved or
+shared copy of the data keeps its split.
 """
 
 from __future__ import annotations
 
 import csv
 import hashlib
+import json
 import logging
 from collections import Counter
 from collections.abc import Sequence
@@ -53,6 +59,7 @@ class FolderDataModule(ClassificationDataModule):
         split_dir: str = "outputs/splits",
         cache_dir: str | None = "outputs/cache",
         symmetry: str = "sided",
+        split_seed: int = 0,
         **kwargs: Any,
     ) -> None:
         super().__init__(image_size=image_size, in_chans=in_chans, **kwargs)
@@ -61,14 +68,31 @@ class FolderDataModule(ClassificationDataModule):
         self.name = name or self.root.name
         self.class_map, self.split_fractions = dict(class_map or {}), tuple(split_fractions)
         self.split_dir, self.cache_dir = Path(split_dir), Path(cache_dir) if cache_dir else None
-        self.symmetry = symmetry
+        self.symmetry, self.split_seed = symmetry, split_seed
+        self.split_key = ""
         self._rows: list[Row] | None = None
         self.skipped: list[tuple[Path, str]] = []
+        self._items: dict[str, list[str]] = {}
 
     # -- files, classes and splits ----------------------------------------------------------
     @property
     def split_file(self) -> Path:
-        return self.split_dir / f"{self.name}_seed{self.seed}.csv"
+        return self.split_dir / f"{self.name}-{self.split_key}.csv"
+
+    def file_of(self, row: Row) -> Path:
+        """A row's file: test rows live under test_root when there is one, every other row under root."""
+        return (self.test_root if self.test_root and row[2] == "test" else self.root) / row[0]
+
+    def _key(self, scans: dict[str, Scan]) -> str:
+        """Everything that decides the split, hashed: the files and their folders, fractions, seed, class map."""
+        spec = {
+            "files": {name: [[_relative(p, self.root if name == "train" else self.test_root), label]
+                             for p, label in zip(scan.files, scan.labels, strict=True)]
+                      for name, scan in scans.items()},
+            "fractions": [float(f) for f in self.split_fractions], "split_seed": int(self.split_seed),
+            "class_map": dict(sorted(self.class_map.items())), "test_root": self.test_root is not None,
+        }
+        return hashlib.sha1(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:12]
 
     def _class(self, folder: str) -> str:
         return self.class_map.get(folder, folder)
@@ -81,18 +105,24 @@ class FolderDataModule(ClassificationDataModule):
         if self.test_root:
             scans["test"] = scan_folder(self.test_root, what="data.test_root")
             self._drop_test_copies(scans["train"], scans["test"])
+        self.split_key = self._key(scans)
         rows = self._make_rows(scans)
         if self.split_file.is_file():
             saved = read_rows(self.split_file)
-            if {r[0] for r in saved} != {r[0] for r in rows}:
+            if sorted(saved) != sorted(rows):
                 raise MedclassError(
-                    f"{self.split_file} lists other files than {self.root} now holds; delete it to split "
-                    "again (results will not be comparable with earlier runs)"
+                    f"{self.split_file} does not hold the split its key {self.split_key} stands for (edited by "
+                    "hand?); delete it to split again"
                 )
-            rows = saved
+            log.info("split %s (key %s)", self.split_file, self.split_key)
         else:
+            others = sorted(p.name for p in self.split_dir.glob(f"{self.name}-*.csv"))
             write_rows(self.split_file, rows)
-            log.info("wrote split %s", self.split_file)
+            log.info("wrote split %s (key %s)", self.split_file, self.split_key)
+            if others:
+                log.warning("%s: new split key %s (the files, data.split_fractions, data.split_seed or "
+                            "data.class_map changed); earlier splits in %s: %s — results are comparable only "
+                            "within one key", self.name, self.split_key, self.split_dir, ", ".join(others))
         self.skipped = [s for scan in scans.values() for s in scan.skipped]
         self._rows = rows
         return rows
@@ -126,10 +156,12 @@ class FolderDataModule(ClassificationDataModule):
             fractions = (a / (a + b), b / (a + b), 0.0)
         else:
             fractions = self.split_fractions
-        splits = stratified_splits(labels, fractions, self.seed)
-        rows = [(str(p), lbl, s) for p, lbl, s in zip(train.files, train.labels, splits, strict=True)]
+        splits = stratified_splits(labels, fractions, self.split_seed)
+        rows = [(_relative(p, self.root), lbl, s) for p, lbl, s in zip(train.files, train.labels, splits, strict=True)]
         if "test" in scans:
-            rows += [(str(p), lbl, "test") for p, lbl in zip(scans["test"].files, scans["test"].labels, strict=True)]
+            assert self.test_root is not None
+            rows += [(_relative(p, self.test_root), lbl, "test")
+                     for p, lbl in zip(scans["test"].files, scans["test"].labels, strict=True)]
         return rows
 
     def _report_skipped(self) -> None:
@@ -152,11 +184,15 @@ class FolderDataModule(ClassificationDataModule):
     def describe(self) -> DataInfo:
         names = self.class_names()
         return DataInfo(task="binary-class" if len(names) == 2 else "multi-class", class_names=names,
-                        in_chans=self.in_chans or 1, image_size=self.image_size or 64, symmetry=self.symmetry)
+                        in_chans=self.in_chans or 1, image_size=self.image_size or 64, symmetry=self.symmetry,
+                        split_key=self.split_key)
+
+    def split_items(self, split: str) -> list[str]:
+        return self._items[split]
 
     def load_splits(self) -> dict[str, tuple[np.ndarray, np.ndarray]]:
         rows = self.rows()
-        paths = [Path(r[0]) for r in rows]
+        paths = [self.file_of(r) for r in rows]
         images, keep = self._decode_all(paths)
         reported = {p for p, _ in self.skipped}
         self.skipped += [(p, "unreadable image (see the first run's log)") for p, k in zip(paths, keep, strict=True)
@@ -172,6 +208,7 @@ class FolderDataModule(ClassificationDataModule):
                 )
             labels = np.array([[index[self._class(rows[i][1])]] for i in sel], np.int64)
             out[split] = (images[sel], labels)
+            self._items[split] = [rows[i][0] for i in sel]
         return out
 
     def _decode_all(self, paths: list[Path]) -> tuple[np.ndarray, np.ndarray]:
@@ -197,3 +234,9 @@ class FolderDataModule(ClassificationDataModule):
             cache.parent.mkdir(parents=True, exist_ok=True)
             np.savez(cache, images=images, keep=keep)
         return images, keep
+
+
+def _relative(path: Path, root: Path | None) -> str:
+    """`path` below `root`, with forward slashes on every system: how split files name images."""
+    assert root is not None
+    return path.relative_to(root).as_posix()

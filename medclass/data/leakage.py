@@ -20,5 +20,6 @@ def cross_split_duplicates(arrays: dict[str, np.ndarray]) -> dict[str, int]:
     `{"val_in_train": 3, "test_in_train": 5, "test_in_val": 0}` for (train, val, test).
     """
     digests = {split: pixel_digests(images) for split, images in arrays.items()}
-    return {f"{later}_in_{earlier}": sum(d in set(digests[earlier]) for d in digests[later])
+    seen = {split: set(d) for split, d in digests.items()}  # once per split: linear in the image count
+    return {f"{later}_in_{earlier}": sum(d in seen[earlier] for d in digests[later])
             for earlier, later in combinations(digests, 2)}

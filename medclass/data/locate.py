@@ -8,10 +8,13 @@ and how to provide it.
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
 from medclass.errors import MedclassError
+
+log = logging.getLogger("medclass")
 
 DATA_ENV = "MEDCLASS_DATA"
 
@@ -47,11 +50,18 @@ def find_or_download(
     # the first folder that exists or could (its parent exists): a stale $MEDCLASS_DATA is passed over
     target = next((d for d in dirs if d.exists() or d.parent.exists()), dirs[0])
     try:
+        from filelock import FileLock
         from torchvision.datasets.utils import download_url
 
-        download_url(url, str(target), filename=filename, md5=md5)
+        target.mkdir(parents=True, exist_ok=True)
+        # DDP ranks (or two runs) asking at once: one downloads, the others wait and find the file
+        with FileLock(str(target / f".{filename}.lock")):
+            if not (target / filename).is_file():
+                log.info("downloading %s from %s into %s", filename, url, target)
+                download_url(url, str(target), filename=f"{filename}.part", md5=md5)
+                (target / f"{filename}.part").replace(target / filename)  # never seen half-written
     except Exception as err:  # offline, proxy, disk: every cause ends in the same advice
-        (target / filename).unlink(missing_ok=True)
+        (target / f"{filename}.part").unlink(missing_ok=True)
         raise MedclassError(
             f"{filename} not found in: {searched}; download from {url} failed "
             f"({type(err).__name__}: {err}); {hint}"

@@ -71,6 +71,7 @@ class MedMNISTDataModule(ClassificationDataModule):
             in_chans=self.meta.n_channels,
             image_size=self.size,
             symmetry=self.meta.symmetry,
+            split_key=f"medmnist-official-{filename(self.name, self.size)}",
         )
 
     def load_splits(self) -> dict[str, tuple[np.ndarray, np.ndarray]]:

@@ -10,7 +10,7 @@ from sklearn.model_selection import train_test_split
 
 from medclass.errors import MedclassError
 
-Row = tuple[str, str, str]  # file path as found under data.root / data.test_root, class folder, split
+Row = tuple[str, str, str]  # file path relative to data.root (test rows: data.test_root), class folder, split
 
 
 def stratified_splits(labels: Sequence[str], fractions: Sequence[float], seed: int) -> list[str]:

@@ -40,12 +40,14 @@ def backbone_modules(net: nn.Module) -> list[nn.Module]:
 
 
 def set_backbone_frozen(net: nn.Module, frozen: bool) -> None:
-    """Freeze or unfreeze the base; frozen BatchNorm layers keep their running statistics (eval mode)."""
+    """Freeze or unfreeze the base; frozen BatchNorm layers keep their running statistics (eval mode),
+    unfrozen ones follow the network's mode again (Lightning restores each layer's own mode after
+    validation, so an eval-mode layer would otherwise stay frozen in statistics for good)."""
     for p in split_parameters(net)[0]:
         p.requires_grad_(not frozen)
     for m in backbone_modules(net):
-        if isinstance(m, nn.modules.batchnorm._BatchNorm) and frozen:
-            m.eval()
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.train(net.training and not frozen)
 
 
 def freeze_named_layers(net: nn.Module, names: Sequence[str]) -> None:

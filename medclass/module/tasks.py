@@ -30,9 +30,23 @@ def check_task(task: str) -> str:
     return task
 
 
+class SmoothedBCEWithLogits(nn.BCEWithLogitsLoss):
+    """BCE-with-logits whose 0/1 targets are pulled toward 0.5 by `smoothing` (y(1-s) + s/2), the
+    per-label counterpart of cross-entropy's label smoothing."""
+
+    def __init__(self, smoothing: float = 0.0) -> None:
+        super().__init__()
+        self.smoothing = smoothing
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return super().forward(logits, target.float() * (1 - self.smoothing) + self.smoothing / 2)
+
+
 def make_loss(task: str, label_smoothing: float = 0.0) -> nn.Module:
+    if not 0.0 <= label_smoothing < 1.0:
+        raise MedclassError(f"module.label_smoothing={label_smoothing} must be in [0, 1)")
     if check_task(task) == "multi-label":
-        return nn.BCEWithLogitsLoss()
+        return SmoothedBCEWithLogits(label_smoothing)
     return nn.CrossEntropyLoss(label_smoothing=label_smoothing)
 
 
