@@ -4,8 +4,9 @@
 
 Runs that differ only in `seed=` form one row. Overrides shared by every run are printed once above
 the table instead of in every row. A job that failed (an `error.txt` and no `metrics.json`, as a
-sweep leaves it) is counted in its row's `failed` column and listed under the table, never averaged in. Rows are sorted on a validation metric (never on test, so the
-table does not invite picking a model on test). Writes `<out>.md` and a numeric `<out>.csv`
+sweep leaves it) is counted in its row's `failed` column and listed under the table, never averaged
+in. Rows are sorted on a validation metric (never on test, so the table does not invite picking a
+model on test). Writes `<out>.md` and a numeric `<out>.csv`
 (one mean and one std column per metric) when --out is given.
 """
 

@@ -134,10 +134,12 @@ class Probe(L.Callback):
 
     def __init__(self) -> None:
         self.weights: list[torch.Tensor] = []
+        self.bn_means: list[torch.Tensor] = []
         self.lrs: list[list[float]] = []
 
     def on_train_epoch_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
         self.weights.append(module.net.conv1.weight.detach().clone())
+        self.bn_means.append(module.net.layer1[0].bn1.running_mean.clone())
         self.lrs.append([g["lr"] for g in trainer.optimizers[0].param_groups])
 
 
@@ -148,12 +150,15 @@ def test_unfreezing_after_an_epoch_with_a_smaller_backbone_rate(blood_root: Path
     dm = instantiate(cfg.data)
     module = instantiate(cfg.module, data_info=dm.info.as_dict())
     start = module.net.conv1.weight.detach().clone()
+    start_mean = module.net.layer1[0].bn1.running_mean.clone()
     probe = Probe()
     trainer = L.Trainer(max_epochs=3, limit_train_batches=2, limit_val_batches=1, logger=False,
                         enable_checkpointing=False, enable_progress_bar=False, callbacks=[probe])
     trainer.fit(module, datamodule=dm)
     assert torch.equal(probe.weights[0], start)  # epoch 0: frozen
     assert not torch.equal(probe.weights[1], probe.weights[0])  # epoch 1: learning
+    assert torch.equal(probe.bn_means[0], start_mean)  # frozen BatchNorm keeps its statistics ...
+    assert not torch.equal(probe.bn_means[1], probe.bn_means[0])  # ... and tracks the data again once unfrozen
     for backbone_lr, head_lr in probe.lrs:
         assert backbone_lr == pytest.approx(0.1 * head_lr)
 

@@ -99,13 +99,44 @@ def test_split_is_stratified_persisted_and_reused(tmp_path: Path) -> None:
     for split, share in (("train", 16), ("val", 2), ("test", 2)):
         for c in "abc":
             assert sum(r["split"] == split and r["label"] == c for r in rows) == share
+    assert all(not Path(r["path"]).is_absolute() and (root / r["path"]).is_file() for r in rows)
     first = dm.split_file.read_text()
-    again = module(root, tmp_path)
+    again = module(root, tmp_path, seed=7)  # the training seed does not move the split
     again.setup()
-    assert again.split_file.read_text() == first
+    assert again.split_file == dm.split_file and again.split_file.read_text() == first
+    assert again.info.split_key == dm.info.split_key == dm.split_key
+    other_seed = module(root, tmp_path, split_seed=1)
+    other_seed.setup()
+    assert other_seed.split_key != dm.split_key and other_seed.split_file.read_text() != first
+    fractions = module(root, tmp_path, split_fractions=(0.7, 0.15, 0.15))  # never the stored split reused
+    fractions.setup()
+    assert fractions.split_key not in (dm.split_key, other_seed.split_key)
+    assert sum(r["split"] == "test" for r in csv.DictReader(fractions.split_file.open())) == 9
     (root / "a" / "new.png").write_bytes((root / "a" / "img0.png").read_bytes()[:-1] + b"\0")
-    with pytest.raises(MedclassError, match="lists other files"):
+    grown = module(root, tmp_path)
+    grown.setup()  # other files: another key, another split file; the first one stays as it was
+    assert grown.split_key != dm.split_key and dm.split_file.read_text() == first
+    grown.split_file.write_text(grown.split_file.read_text().replace(",test\n", ",train\n", 1))
+    with pytest.raises(MedclassError, match="does not hold the split its key"):
         module(root, tmp_path).setup()
+
+
+def test_a_moved_copy_of_the_data_keeps_its_split(tmp_path: Path) -> None:
+    import shutil
+
+    root = clean_tree(tmp_path / "site_a" / "data", classes=("a", "b", "c"), per_class=12)
+    here = module(root, tmp_path / "here")
+    here.setup()
+    moved = shutil.copytree(root, tmp_path / "elsewhere" / "data")
+    there = module(moved, tmp_path / "there")  # another machine: no stored split, the same one comes out
+    there.setup()
+    assert there.split_key == here.split_key
+    assert there.split_file.read_text() == here.split_file.read_text()
+    there.write_split(tmp_path / "split.csv")
+    rows = list(csv.DictReader((tmp_path / "split.csv").open()))
+    assert len(rows) == 36 and {r["path"] for r in rows} == {f"{c}/img{i}.png" for c in "abc" for i in range(12)}
+    by_path = {r["path"]: r["split"] for r in csv.DictReader(here.split_file.open())}
+    assert all(by_path[r["path"]] == r["split"] for r in rows)
 
 
 def test_test_root_is_the_test_split(tmp_path: Path) -> None:
@@ -128,7 +159,8 @@ def test_training_copies_of_test_images_are_dropped_or_stop_the_run(tmp_path: Pa
     reasons = {p: r for p, r in dm.skipped}
     leaked = root / "a" / "img1.png"
     assert reasons[leaked] == f"test-split copy of {test / 'a' / 'img1.png'}"
-    assert str(leaked) not in (tmp_path / "splits" / "Training_seed0.csv").read_text()
+    rows = dm.split_file.read_text()
+    assert "a/img1.png,a,test" in rows and "a/img1.png,a,train" not in rows and "a/img3.png,a," in rows
     (test / "b" / "relabelled.png").write_bytes((root / "a" / "img9.png").read_bytes())
     with pytest.raises(MedclassError, match=r"img9.png \(class a\) and .*relabelled.png \(class b\)"):
         module(root, tmp_path / "again", test_root=str(test), split_fractions=(0.8, 0.2, 0.0)).setup()
@@ -183,7 +215,7 @@ def test_train_and_eval_on_a_folder_tree(tmp_path: Path) -> None:
     proc = run_script("train.py", *args, f"hydra.run.dir={tmp_path / 'run'}")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "skipped 10 files" in proc.stdout + proc.stderr
-    assert (logs / "splits" / "data_seed42.csv").is_file() and list((logs / "cache").glob("*.npz"))
+    assert len(list((logs / "splits").glob("data-*.csv"))) == 1 and list((logs / "cache").glob("*.npz"))
     ckpt = next((tmp_path / "run" / "checkpoints").glob("best-*.ckpt"))
     assert torch.load(ckpt, weights_only=True)["hyper_parameters"]["data_info"]["class_names"] == ["a", "b"]
     proc = run_script("eval.py", f"ckpt_path={ckpt}", f"hydra.run.dir={tmp_path / 'eval'}",

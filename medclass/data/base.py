@@ -10,8 +10,8 @@ import csv
 import functools
 import logging
 from collections.abc import Callable
-from pathlib import Path
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import cv2
