@@ -194,7 +194,9 @@ def main() -> None:
     header = ["# MedMNIST 28 px: this project against the MedMNIST v2 paper", "",
               f"Made by `{command.strip()}` ({started}, {device}, torch {torch.__version__}, "
               f"Python {platform.python_version()}). ACC and AUC are the `medmnist` Evaluator's (`eval.py` "
-              "report, `medmnist_official`), on each run's best-validation checkpoint, mean ± std over seeds.",
+              "report, `medmnist_official`), on each run's best-validation checkpoint, mean ± std over seeds. "
+              "The seeds vary initialization, augmentation and batch order only: every run uses the file's "
+              "official split.",
               f"Paper figures: {PAPER_SOURCE}.", ""]
     args.out.parent.mkdir(parents=True, exist_ok=True)
     sections: list[str] = []
