@@ -7,10 +7,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from medclass.checkpoint import load_classifier
 from medclass.errors import MedclassError
-from medclass.export import OnnxModel, export_onnx, max_abs_difference
+from medclass.export import OnnxModel, export_onnx
 from medclass.predict import TorchModel, collect_inputs, predict_images, run_predict
 
 from .conftest import compose_train, run_script
@@ -49,12 +50,33 @@ def test_predict_from_onnx_equals_predict_from_checkpoint(exported: tuple[Path, 
         assert np.allclose(list(a["probabilities"].values()), list(b["probabilities"].values()), atol=1e-4)
 
 
+def onnx_and_torch(task: str, names: list[str], path: Path) -> tuple[np.ndarray, torch.Tensor]:
+    """The exported file's output and the torch network's logits on the same random batch."""
+    torch.manual_seed(0)
+    module = tiny_classifier(task, names).eval()
+    with torch.no_grad():  # spread the logits, so sigmoid and softmax give clearly different numbers
+        module.net.head[-1].bias.copy_(torch.linspace(-2.0, 2.0, len(names)))
+    export_onnx(module, path)
+    x = torch.randn(6, 1, 16, 16, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        logits = module.net(x)
+    return OnnxModel(path)(x.numpy()), logits
+
+
 def test_multi_label_export_ends_in_sigmoid(tmp_path: Path) -> None:
-    module = tiny_classifier("multi-label", ["effusion", "nodule", "mass"]).eval()
-    path = export_onnx(module, tmp_path / "ml.onnx")
-    assert max_abs_difference(module, path, batch=3) <= 1e-4
-    probs = OnnxModel(path)(np.zeros((2, 1, 16, 16), np.float32))
-    assert probs.shape == (2, 3) and ((probs > 0) & (probs < 1)).all()
+    probs, logits = onnx_and_torch("multi-label", ["effusion", "nodule", "mass"], tmp_path / "ml.onnx")
+    assert probs.shape == (6, 3)
+    np.testing.assert_allclose(probs, torch.sigmoid(logits).numpy(), atol=1e-5, rtol=0)
+    assert np.abs(probs.sum(1) - 1).min() > 0.1  # independent labels: no row is a distribution
+    assert np.abs(probs - torch.softmax(logits, 1).numpy()).max() > 0.1
+
+
+def test_single_label_export_ends_in_softmax(tmp_path: Path) -> None:
+    probs, logits = onnx_and_torch("multi-class", ["a", "b", "c"], tmp_path / "mc.onnx")
+    assert probs.shape == (6, 3)
+    np.testing.assert_allclose(probs, torch.softmax(logits, 1).numpy(), atol=1e-5, rtol=0)
+    np.testing.assert_allclose(probs.sum(1), 1.0, atol=1e-5)
+    assert np.abs(probs - torch.sigmoid(logits).numpy()).max() > 0.1
 
 
 def test_onnx_errors_name_the_file_and_the_fix(tmp_path: Path) -> None:

@@ -16,7 +16,8 @@ def test_paper_protocol_preset(tmp_path: Path) -> None:
     cfg = compose_train(["experiment=medmnist_paper", "data.name=pneumoniamnist"], tmp_path)
     assert cfg.model.name == "resnet18" and cfg.model.small_input and not cfg.model.pretrained
     assert (cfg.optimizer.lr, cfg.optimizer.weight_decay, cfg.data.batch_size) == (1e-3, 0.0, 128)
-    assert cfg.scheduler.scheduler._target_.endswith("MultiStepLR") and list(cfg.scheduler.scheduler.milestones) == [50, 75]
+    scheduler = cfg.scheduler.scheduler
+    assert scheduler._target_.endswith("MultiStepLR") and list(scheduler.milestones) == [50, 75]
     assert cfg.trainer.max_epochs == 100 and cfg.module.tta == "none" and not cfg.augment
     assert (cfg.callbacks.model_checkpoint.monitor, cfg.callbacks.model_checkpoint.mode) == ("val/auc", "max")
 

@@ -13,7 +13,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from medclass.checkpoint import load_classifier
 from medclass.errors import MedclassError
@@ -124,16 +123,33 @@ def test_malicious_checkpoint_is_refused_without_running_it(tmp_path: Path) -> N
     with pytest.raises(MedclassError, match="cannot load checkpoint .*evil.ckpt safely"):
         load_classifier(tmp_path / "evil.ckpt")
     assert not marker.exists()
+    torch.load(tmp_path / "evil.ckpt", weights_only=False)  # the payload is live: a full unpickle does run it
+    assert marker.exists()
 
 
-def test_a_failed_checkpoint_write_leaves_the_previous_file(tmp_path: Path) -> None:
-    """Lightning's checkpoint IO (the trainer's) serializes first, then writes through a temporary file."""
-    path = tmp_path / "last.ckpt"
-    TorchCheckpointIO().save_checkpoint({"w": torch.ones(3)}, path)
-    before = path.read_bytes()
-    with pytest.raises(Exception):  # noqa: B017 - any pickling error
-        TorchCheckpointIO().save_checkpoint({"w": lambda: 0}, path)
-    assert path.read_bytes() == before and [p.name for p in tmp_path.iterdir()] == ["last.ckpt"]
+def evil_checkpoint(path: Path, marker: Path) -> Path:
+    """A checkpoint whose unpickling would run `touch marker`."""
+
+    class Payload:
+        def __reduce__(self) -> tuple:
+            return os.system, (f"touch {marker}",)
+
+    torch.save({"state_dict": {}, "hyper_parameters": {}, "epoch": 0, "global_step": 0,
+                "pytorch-lightning_version": "2.4.0", "payload": Payload()}, path)
+    return path
+
+
+def test_resuming_from_a_malicious_checkpoint_never_runs_it(blood: Path, tmp_path: Path) -> None:
+    """train.py ckpt_path=<file> hands a user's file to the trainer: it must stop without unpickling objects."""
+    marker = tmp_path / "pwned"
+    evil = evil_checkpoint(tmp_path / "evil.ckpt", marker)
+    proc = run_script("train.py", f"data.root={blood}", f"hydra.run.dir={tmp_path / 'run'}", *FAST, "logger=none",
+                      f"ckpt_path={evil}")
+    assert proc.returncode == 2 and not marker.exists(), proc.stderr[-2000:]
+    assert "error: cannot load checkpoint" in proc.stderr and "safely" in proc.stderr  # the safe load stopped it
+    assert not (tmp_path / "run" / "metrics.json").exists()
+    torch.load(evil, weights_only=False)  # the payload is live: a full unpickle does run it
+    assert marker.exists()
 
 
 @pytest.fixture(scope="module")

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
+import lightning as L
 import pytest
 import yaml
 from hydra import compose, initialize_config_dir
@@ -43,29 +45,39 @@ def test_optuna_search_composes() -> None:
     assert cfg.optimized_metric == "best_val/val/acc"
 
 
-def test_slurm_launcher_composes_to_sbatch(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    """The launcher options reach sbatch as submitit writes it (no SLURM here: srun's presence is faked)."""
-    import submitit
-    from hydra_plugins.hydra_submitit_launcher.config import BaseQueueConf
-    from omegaconf import OmegaConf
+def fake_slurm(bin_dir: Path, capture: Path) -> None:
+    """`srun` and `sbatch` stand-ins: sbatch keeps the script it was given, then refuses the job."""
+    bin_dir.mkdir()
+    (bin_dir / "srun").write_text("#!/bin/sh\nexit 1\n")
+    refuse = 'echo "sbatch: error: no cluster here" >&2\nexit 1\n'
+    (bin_dir / "sbatch").write_text(f'#!/bin/sh\ncp "$1" "{capture}"\n{refuse}')
+    for tool in ("srun", "sbatch"):
+        (bin_dir / tool).chmod(0o755)
 
+
+def test_slurm_launcher_writes_the_configured_sbatch_script(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """conf/hydra/launcher/slurm.yaml through the plugin's own launch(): the sbatch script it submits."""
+    from hydra.utils import instantiate
+
+    capture = tmp_path / "submitted.sh"
+    fake_slurm(tmp_path / "bin", capture)
+    monkeypatch.setenv("PATH", f"{tmp_path / 'bin'}:{os.environ['PATH']}")
     cfg = compose_hydra(["hydra/launcher=slurm", "hydra.launcher.partition=gpu", "hydra.launcher.timeout_min=30",
-                         "hydra.launcher.gpus_per_node=2", "hydra.launcher.cpus_per_task=4"])
-    launcher = cfg.hydra.launcher
-    assert launcher._target_.endswith("SlurmLauncher") and launcher.partition == "gpu"
-    # the parameter mapping of hydra_submitit_launcher's BaseSubmititLauncher.launch
-    params = {k: v for k, v in OmegaConf.to_container(launcher).items()
-              if k not in ("_target_", "submitit_folder", "max_num_timeout")}
-    base = set(OmegaConf.structured(BaseQueueConf).keys())
-    params = {k if k in base else f"slurm_{k}": v for k, v in params.items()}
-    params["name"] = "train"  # ${hydra.job.name} is set only when Hydra runs
-    monkeypatch.setattr(submitit.SlurmExecutor, "affinity", classmethod(lambda cls: 1))
-    executor = submitit.AutoExecutor(cluster="slurm", folder=tmp_path / "%j")
-    executor.update_parameters(**params)
-    sbatch = executor._executor._make_submission_file_text("python train.py", "uid")
-    for line in ("--partition=gpu", "--time=30", "--gpus-per-node=2", "--cpus-per-task=4", "--ntasks-per-node=1",
-                 "--mem=32GB"):
+                         "hydra.launcher.gpus_per_node=2", "hydra.launcher.tasks_per_node=2",
+                         "hydra.launcher.setup=[module load cuda]",
+                         "+hydra.launcher.additional_parameters.constraint=a100",
+                         f"hydra.sweep.dir={tmp_path / 'sweep'}", "hydra.job.name=train"])
+    launcher = instantiate(cfg.hydra.launcher)  # what Hydra does with hydra.launcher
+    launcher.setup(hydra_context=None, task_function=None, config=cfg)
+    with pytest.raises(Exception, match="no cluster here"):
+        launcher.launch([[f"seed={i}"] for i in range(17)], initial_job_idx=0)  # one more than array_parallelism
+    sbatch = capture.read_text()
+    # the command line's choices and slurm.yaml's own defaults (the plugin's would be 256 jobs, no memory)
+    for line in ("--partition=gpu", "--time=30", "--gpus-per-node=2", "--ntasks-per-node=2", "--cpus-per-task=8",
+                 "--mem=32GB", "--nodes=1", "--job-name=train", "--array=0-16%16", "--constraint=a100"):
         assert f"#SBATCH {line}\n" in sbatch, sbatch
+    assert "\nmodule load cuda\n" in sbatch and str(tmp_path / "sweep" / ".submitit") in sbatch
+    assert not [line for line in sbatch.splitlines() if line.startswith(("#SBATCH --account", "#SBATCH --qos"))]
 
 
 def tiny_root(tmp_path: Path) -> Path:
@@ -117,20 +129,39 @@ def test_ddp_inside_multirun(tmp_path: Path) -> None:
         assert_one_ddp_run(sweep / job)
 
 
+class ForwardDtypeProbe(L.Callback):
+    """Instantiated by train.py (`+callbacks.probe=...`): writes <run>/probe.json with what fit really ran —
+    the trainer's precision, the dtype of every training forward's logits, whether the network was compiled."""
+
+    def on_fit_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        self.dtypes: list[str] = []
+        self.handle = module.register_forward_hook(
+            lambda mod, args, out: self.dtypes.append(str(out.dtype)) if mod.training else None)
+
+    def on_fit_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        self.handle.remove()
+        probe = {"precision": trainer.precision, "dtypes": self.dtypes,
+                 "compiled": getattr(module.net, "_compiled_call_impl", None) is not None}
+        (Path(trainer.default_root_dir) / "probe.json").write_text(json.dumps(probe))
+
+
 def test_cpu_speed_options_bf16_and_compile(tmp_path: Path) -> None:
     """bf16 autocast on CPU and a compiled network train, test and save a checkpoint that loads uncompiled."""
     import torch
 
     out = tmp_path / "out"
     proc = run_script("train.py", *FAST, f"data.root={tiny_root(tmp_path)}", f"paths.log_dir={out}", "logger=none",
-                      "trainer=cpu", "trainer.precision=bf16-mixed", "module.compile={backend:aot_eager}")
+                      "trainer=cpu", "trainer.precision=bf16-mixed", "module.compile={backend:aot_eager}",
+                      "+callbacks.probe={_target_:tests.test_sweeps.ForwardDtypeProbe}")
     assert proc.returncode == 0, proc.stderr[-3000:]
     run = next((out / "train" / "runs").iterdir())
-    assert 0.0 <= json.loads((run / "metrics.json").read_text())["test"]["test/acc"] <= 1.0
+    probe = json.loads((run / "probe.json").read_text())
+    assert probe["precision"] == "bf16-mixed" and probe["compiled"]
+    assert len(probe["dtypes"]) == 2 and set(probe["dtypes"]) == {"torch.bfloat16"}  # 2 steps, logits in bf16
+    assert {"test/acc", "test/loss"} <= set(json.loads((run / "metrics.json").read_text())["test"])
     ckpt = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     assert ckpt["hyper_parameters"]["compile"] == {"backend": "aot_eager"}
     assert not [k for k in ckpt["state_dict"] if "_orig_mod" in k]  # compiled in place: eval.py loads it as is
-    assert "bf16" in (run / "train.log").read_text() or proc.stderr.count("bf16") > 0
 
 
 def test_ema_weights_are_validated_saved_tested_and_evaluated_alike(tmp_path: Path) -> None:

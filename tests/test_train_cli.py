@@ -103,4 +103,5 @@ def test_multirun_writes_one_folder_per_job_and_gathers(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert sorted(p.parent.name for p in sweep.glob("*/metrics.json")) == ["0", "1"]
     rows = summarize(load_runs(sweep))
-    assert len(rows) == 1 and rows[0]["runs"] == 2 and 0 <= rows[0]["test/acc"] <= 1
+    accs = [json.loads((sweep / job / "metrics.json").read_text())["test"]["test/acc"] for job in ("0", "1")]
+    assert len(rows) == 1 and rows[0]["runs"] == 2 and rows[0]["test/acc"] == pytest.approx(sum(accs) / 2)

@@ -24,7 +24,7 @@ from medclass.data.base import ArrayDataset, init_worker
 from medclass.data.leakage import cross_split_duplicates
 from medclass.errors import MedclassError
 from medclass.module.tasks import make_loss
-from medclass.runner import train
+from medclass.runner import evaluate, train
 
 from .conftest import CONF, FAST, ROOT, clean_tree, compose_train, run_script, write_npz
 
@@ -58,15 +58,27 @@ def test_a_foreign_target_anywhere_in_a_checkpoint_is_refused(blood_run: Path, t
     assert victim.read_text() == "precious"
 
 
-@pytest.mark.parametrize("script", ["eval.py", "predict.py", "export.py"])
-def test_every_entry_point_refuses_a_poisoned_checkpoint(blood_run: Path, tmp_path: Path, script: str) -> None:
+def test_eval_refuses_a_poisoned_checkpoint_with_one_error_line(blood_run: Path, tmp_path: Path) -> None:
     path, victim = poisoned(blood_run, tmp_path, "net", "pathlib.Path.unlink")
-    extra = [f"inputs={tmp_path}"] if script == "predict.py" else []
-    proc = run_script(script, f"ckpt_path={path}", f"hydra.run.dir={tmp_path / 'out'}", *extra)
+    proc = run_script("eval.py", f"ckpt_path={path}", f"hydra.run.dir={tmp_path / 'out'}")
     assert proc.returncode == 2, proc.stderr[-2000:]
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "'pathlib.Path.unlink' (at net.extra.nested[0]._target_)" in errors[0]
     assert "Traceback" not in proc.stderr and victim.read_text() == "precious"
+
+
+@pytest.mark.parametrize("command", ["predict", "export"])
+def test_predict_and_export_refuse_a_poisoned_checkpoint(blood_run: Path, tmp_path: Path, command: str) -> None:
+    """The same loader as eval.py (whose command line is tested above), run in-process to save a start-up."""
+    from medclass.export import run_export
+    from medclass.predict import run_predict
+
+    path, victim = poisoned(blood_run, tmp_path, "data_cfg", "medclass.data.splits.Path.unlink")
+    extra = [f"inputs={tmp_path}"] if command == "predict" else []
+    cfg = compose_train([f"ckpt_path={path}", *extra], tmp_path / "out", config_name=command)
+    with pytest.raises(MedclassError, match=r"'medclass.data.splits.Path.unlink' \(at data_cfg.root._target_\)"):
+        (run_predict if command == "predict" else run_export)(cfg)
+    assert victim.read_text() == "precious"
 
 
 def test_resuming_from_a_poisoned_checkpoint_is_refused(blood_run: Path, blood_root: Path, tmp_path: Path) -> None:
@@ -133,11 +145,11 @@ def test_eval_refuses_data_whose_split_moved(folder_runs: tuple[Path, list[Path]
     ckpt = next((runs[0] / "checkpoints").glob("best-*.ckpt"))
     changed = shutil.copytree(root, tmp_path / "data")  # the same data elsewhere, plus one late file
     (changed / "b" / "late.png").write_bytes((changed / "a" / "img0.png").read_bytes()[:-1] + b"\0")
-    args = [f"ckpt_path={ckpt}", f"data.root={changed}", "report=false", f"paths.log_dir={tmp_path}"]
-    proc = run_script("eval.py", *args, f"hydra.run.dir={tmp_path / 'eval'}")
-    assert proc.returncode == 2 and "was trained on split" in proc.stderr, proc.stderr[-2000:]
-    proc = run_script("eval.py", *args, f"hydra.run.dir={tmp_path / 'eval2'}", "split_check=false")
-    assert proc.returncode == 0, proc.stderr[-2000:]
+    args = [f"ckpt_path={ckpt}", f"data.root={changed}", "report=false"]
+    with pytest.raises(MedclassError, match="was trained on split"):
+        evaluate(compose_train(args, tmp_path / "eval", config_name="eval"))
+    scored = evaluate(compose_train([*args, "split_check=false"], tmp_path / "eval2", config_name="eval"))
+    assert scored["split_key"] != json.loads((runs[0] / "metrics.json").read_text())["data"]["split_key"]
 
 
 # -- a sweep survives a failing job --------------------------------------------------------------------
