@@ -6,12 +6,13 @@ import hydra
 from omegaconf import DictConfig
 
 from medclass.cli import report_user_errors, run
-from medclass.predict import run_predict
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="predict")
 @report_user_errors
 def main(cfg: DictConfig) -> None:
+    from medclass.predict import run_predict  # after the command-line checks: torch takes seconds to load
+
     run_predict(cfg)
 
 

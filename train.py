@@ -5,16 +5,17 @@ from __future__ import annotations
 import hydra
 from omegaconf import DictConfig
 
-from medclass import ddp
 from medclass.cli import report_user_errors, run
-from medclass.runner import train
-from medclass.sweep import optimized_value
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
 @report_user_errors
 def main(cfg: DictConfig) -> float | None:
     """Returns `optimized_metric` (e.g. best_val/val/acc) so a sweeper such as Optuna can maximize it."""
+    from medclass import ddp  # here, not above: a mistyped option is reported before torch loads (8 s)
+    from medclass.runner import train
+    from medclass.sweep import optimized_value
+
     ddp.install()
     with ddp.one_job():
         metrics = train(cfg)

@@ -68,7 +68,8 @@ def report_user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
     """Turn a MedclassError into one `error:` line and exit code 2.
 
     Under `-m` no job's failure ends the sweep: any exception is written to the job's `error.txt`, the
-    job returns NaN (a sweeper such as Optuna marks the trial failed) and `run` sums up at the end.
+    job returns None (the Optuna sweeper cannot read it as a number and marks the trial failed, then
+    goes on) and `run` sums up at the end.
     Set HYDRA_FULL_ERROR=1 to get the full traceback of a single run instead.
     """
 
@@ -80,7 +81,7 @@ def report_user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
             user_error = find_user_error(err)
             if in_multirun():
                 record_failed_job(err, user_error)
-                return float("nan")
+                return None
             if user_error is None or os.environ.get("HYDRA_FULL_ERROR") == "1":
                 raise
             print(f"error: {user_error}", file=sys.stderr)

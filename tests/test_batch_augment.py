@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +13,7 @@ from medclass.augment import batch_train_transform, eval_transform
 from medclass.data.base import IndexDataset
 from medclass.errors import MedclassError
 
-from .conftest import FAST, compose_train, run_script
+from .conftest import FAST, compose_train
 
 MEAN, STD = [0.4, 0.5, 0.6], [0.2, 0.25, 0.3]
 
@@ -85,17 +84,13 @@ def test_datamodule_serves_indices_and_gathers_images_on_the_device(blood_root: 
 
 
 def test_train_and_eval_on_the_fast_path(blood_root: Path, tmp_path: Path) -> None:
-    out = tmp_path / "run"
+    from medclass.runner import evaluate, train
+
     kornia_extra = "augment.extra=[{_target_: kornia.augmentation.ColorJiggle, brightness: 0.2, p: 0.5}]"
-    result = run_script("train.py", *FAST, "augment=batch", kornia_extra, f"data.root={blood_root}",
-                        f"hydra.run.dir={out}")
-    assert result.returncode == 0, result.stderr[-3000:]
-    metrics = json.loads((out / "metrics.json").read_text())
+    metrics = train(compose_train([*FAST, "augment=batch", kornia_extra, f"data.root={blood_root}"], tmp_path / "run"))
     assert metrics["run"]["steps"] > 0
-    evaluated = run_script("eval.py", f"ckpt_path={metrics['run']['best_checkpoint']}", "split=val",
-                           f"hydra.run.dir={tmp_path / 'eval'}")
-    assert evaluated.returncode == 0, evaluated.stderr[-3000:]
     # eval.py scores the fast path's checkpoint as training's final validation did
-    val = json.loads((tmp_path / "eval" / "metrics.json").read_text())["val"]
+    val = evaluate(compose_train([f"ckpt_path={metrics['run']['best_checkpoint']}", "split=val", "report=false"],
+                                 tmp_path / "eval", config_name="eval"))["val"]
     assert val["val/acc"] == pytest.approx(metrics["best_val"]["val/acc"], abs=1e-6)
     assert val["val/loss"] == pytest.approx(metrics["best_val"]["val/loss"], abs=1e-5)

@@ -50,9 +50,10 @@ def test_every_option_composes(group: str, tmp_path: Path) -> None:
         assert cfg.data._target_ and cfg.trainer._target_ == "lightning.Trainer"
 
 
-def test_eval_config_composes(tmp_path: Path) -> None:
-    cfg = compose_train(["ckpt_path=x.ckpt", "split=val", "data.root=/d"], tmp_path, config_name="eval")
-    assert cfg.split == "val" and cfg.data.root == "/d" and cfg.tta is None
+def test_eval_defaults_score_test_with_the_split_check_and_no_unused_seed(tmp_path: Path) -> None:
+    cfg = compose_train(["ckpt_path=x.ckpt"], tmp_path, config_name="eval")
+    assert cfg.split == "test" and cfg.split_check is True and cfg.tta is None  # tta null: as trained
+    assert "seed" not in cfg  # eval.py draws no random numbers: a seed option would be ignored
 
 
 CASES = [(g, o) for g in ("augment", "model", "optimizer", "scheduler", "callbacks", "logger", "experiment")
@@ -83,7 +84,8 @@ EXTRA = {
 }
 
 
-SLOW_CASES = {("model", "vgg16")}  # 138 M parameters: half a minute for a few CPU steps
+# 138 M parameters: half a minute for a few CPU steps; ResNet-50 takes the path ResNet-18 and timm test (10 s)
+SLOW_CASES = {("model", "vgg16"), ("model", "resnet50")}
 
 
 @pytest.mark.parametrize(("group", "option"), [

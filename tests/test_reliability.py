@@ -17,7 +17,7 @@ import torch
 from medclass.checkpoint import load_classifier
 from medclass.errors import MedclassError
 
-from .conftest import FAST, ROOT, run_script, write_npz
+from .conftest import FAST, ROOT, compose_train, run_script, write_npz
 
 QUIET = ["callbacks.progress_bar=null", "trainer.enable_progress_bar=false"]
 
@@ -165,6 +165,9 @@ MATRIX = {
     "unknown augment": (["augment=nosuch,default"], "augment=nosuch is not an option; augment options: batch, default"),
     "negative learning rate": (["optimizer.lr=-0.1", "scheduler=none"],
                                "Invalid learning rate: -0.1; fix the optimizer"),
+}
+# the same errors raised deeper in a run: in-process (the command line's handling is tested above)
+IN_PROCESS = {
     "batch size 0": (["data.batch_size=0"], "data.batch_size=0 must be at least 1"),
     "image too small for the network": (["data.image_size=4"], "too small for 3 pooling blocks; use at least 8 px"),
     "non-finite loss": (["optimizer.lr=1e30", "scheduler=none"], r"training loss is (nan|inf) at step \d+ \(epoch 0"),
@@ -179,6 +182,17 @@ def test_bad_input_is_one_error_line(case: str, blood: Path, tmp_path: Path) -> 
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
     assert len(errors) == 1 and re.search(expected, errors[0]), proc.stderr[-2000:]
     assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("case", list(IN_PROCESS))
+def test_bad_value_is_a_user_error_naming_it(case: str, blood: Path, tmp_path: Path) -> None:
+    from medclass.cli import find_user_error
+    from medclass.runner import train
+
+    overrides, expected = IN_PROCESS[case]
+    with pytest.raises(Exception) as raised:
+        train(compose_train([f"data.root={blood}", *FAST, *overrides], tmp_path / "run"))
+    assert re.search(expected, str(find_user_error(raised.value))), raised.value
 
 
 def test_unwritable_run_folder_is_one_error_line(tmp_path: Path) -> None:

@@ -14,7 +14,7 @@ from hydra import compose, initialize_config_dir
 from medclass.errors import MedclassError
 from medclass.sweep import optimized_value
 
-from .conftest import CONF, FAST, run_script, write_npz
+from .conftest import CONF, FAST, compose_train, run_script, write_npz
 
 METRICS = {"best_val": {"val/acc": 0.5, "val/auc": 0.75}, "test": {"test/acc": 0.25}}
 
@@ -168,19 +168,17 @@ def test_ema_weights_are_validated_saved_tested_and_evaluated_alike(tmp_path: Pa
     """With callbacks.ema the best checkpoint holds the average, and train.py's test and eval.py score it."""
     import torch
 
-    out = tmp_path / "run"
-    proc = run_script("train.py", *FAST, f"data.root={tiny_root(tmp_path)}", f"hydra.run.dir={out}", "logger=none",
-                      "trainer.max_epochs=2", "callbacks.ema={_target_:medclass.callbacks.EMA,decay:0.5}")
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    metrics = json.loads((out / "metrics.json").read_text())
+    from medclass.runner import evaluate, train
+
+    metrics = train(compose_train([*FAST, f"data.root={tiny_root(tmp_path)}", "logger=none", "trainer.max_epochs=2",
+                                   "callbacks.ema={_target_:medclass.callbacks.EMA,decay:0.5}"], tmp_path / "run"))
     best = metrics["run"]["best_checkpoint"]
     ckpt = torch.load(best, map_location="cpu", weights_only=True)
     raw, averaged = ckpt["current_model_state"], ckpt["state_dict"]
     assert any(not torch.equal(raw[k], averaged[k]) for k in averaged if averaged[k].is_floating_point())
     for split in ("test", "val"):
-        proc = run_script("eval.py", f"ckpt_path={best}", f"split={split}", f"hydra.run.dir={tmp_path / split}",
-                          "report=false", "calibrate=false", f"trainer.limit_{split}_batches=2")
-        assert proc.returncode == 0, proc.stderr[-3000:]
-        evaluated = json.loads((tmp_path / split / "metrics.json").read_text())[split]
+        evaluated = evaluate(compose_train([f"ckpt_path={best}", f"split={split}", "report=false", "calibrate=false",
+                                            f"trainer.limit_{split}_batches=2"], tmp_path / split,
+                                           config_name="eval"))[split]
         trained = metrics["test" if split == "test" else "best_val"]
         assert evaluated[f"{split}/loss"] == pytest.approx(trained[f"{split}/loss"], abs=1e-5), split
