@@ -98,11 +98,14 @@ def run(main: Callable[[], Any], argv: Sequence[str] | None = None) -> None:
     A sweep with failed jobs ends with one line naming them and exit code 1.
     """
     check_command_line(sys.argv[1:] if argv is None else argv)
-    main()
+    try:
+        main()
+    finally:  # also when the sweeper itself gives up afterwards (Optuna with no completed trial)
+        if SWEEP.failed:
+            total = SWEEP.finished + len(SWEEP.failed)
+            print(f"error: {SWEEP.finished} of {total} jobs finished; failed: " + "; ".join(SWEEP.failed),
+                  file=sys.stderr)
     if SWEEP.failed:
-        total = SWEEP.finished + len(SWEEP.failed)
-        print(f"error: {SWEEP.finished} of {total} jobs finished; failed: " + "; ".join(SWEEP.failed),
-              file=sys.stderr)
         sys.exit(1)
 
 
