@@ -2,7 +2,8 @@
 
     python -m medclass.gather outputs/train/multirun/2026-11-22_10-00-00 [--out table] [--sort best_val/val/auc]
 
-Runs that differ only in `seed=` form one row. Overrides shared by every run are printed once above
+Runs that differ only in `seed=` or `data.fold=` form one row; its `over` column says what the
+mean ± std is over ("5 folds", "3 seeds", "5 folds × 3 seeds"). Overrides shared by every run are printed once above
 the table instead of in every row. A job that failed (an `error.txt` and no `metrics.json`, as a
 sweep leaves it) is counted in its row's `failed` column and listed under the table, never averaged
 in. Rows are sorted on a validation metric (never on test, so the table does not invite picking a
@@ -28,12 +29,13 @@ Row = dict[str, "str | int | float"]
 
 
 ERROR_FILE = "error.txt"  # what a failed sweep job leaves (medclass.cli)
+VARYING = ("seed=", "data.fold=")  # what a row averages over
 
 
 def _overrides(run_dir: Path) -> list[str]:
     overrides_file = run_dir / ".hydra" / "overrides.yaml"
     overrides = yaml.safe_load(overrides_file.read_text()) if overrides_file.is_file() else []
-    return [o for o in overrides or [] if not o.startswith("seed=")]
+    return [o for o in overrides or [] if not o.startswith(VARYING)]
 
 
 def load_runs(folder: Path) -> list[tuple[list[str], dict[str, float]]]:
@@ -85,6 +87,8 @@ def summarize(runs: list[tuple[list[str], dict[str, float]]], metrics: tuple[str
     rows: list[Row] = []
     for key, members in groups.items():
         row: Row = {"config": key, "runs": len(members)}
+        if over(members):
+            row["over"] = over(members)
         if failures:
             row["failed"] = failed.get(key, 0)
         for m in metrics:
@@ -97,11 +101,19 @@ def summarize(runs: list[tuple[list[str], dict[str, float]]], metrics: tuple[str
     return sorted(rows, key=lambda r: float(r.get(key, float("-inf"))), reverse=True)
 
 
+def over(members: list[dict[str, float]]) -> str:
+    """What a row's spread is over: the distinct folds and seeds among its runs (metrics.json `run`)."""
+    folds = {m["run/fold"] for m in members if "run/fold" in m}
+    seeds = {m["run/seed"] for m in members if "run/seed" in m}
+    parts = ([f"{len(folds)} folds"] if len(folds) > 1 else []) + ([f"{len(seeds)} seeds"] if len(seeds) > 1 else [])
+    return " × ".join(parts)
+
+
 def to_markdown(rows: list[Row], common: list[str] = ()) -> str:
     """`mean ± std` cells; a single run shows its value alone. Scores to 4 places, seconds to 1."""
     metrics = [c for c in dict.fromkeys(k for r in rows for k in r)
-               if c not in ("config", "runs", "failed") and not c.endswith(" std")]
-    counts = ["runs", "failed"] if any("failed" in r for r in rows) else ["runs"]
+               if c not in ("config", "runs", "failed", "over") and not c.endswith(" std")]
+    counts = ["runs"] + [c for c in ("over", "failed") if any(c in r for r in rows)]
 
     def cell(r: Row, m: str) -> str:
         if m not in r:
@@ -111,8 +123,9 @@ def to_markdown(rows: list[Row], common: list[str] = ()) -> str:
 
     lines = [f"Common to every run: `{' '.join(common)}`\n"] if common else []
     lines += ["| " + " | ".join(["config", *counts, *metrics]) + " |", "|" + "---|" * (len(metrics) + len(counts) + 1)]
-    lines += ["| " + " | ".join([str(r["config"]), *(str(r[c]) for c in counts), *(cell(r, m) for m in metrics)]) + " |"
-              for r in rows]
+    for r in rows:
+        lines.append("| " + " | ".join([str(r["config"]), *(str(r.get(c, "")) for c in counts),
+                                        *(cell(r, m) for m in metrics)]) + " |")
     return "\n".join(lines)
 
 

@@ -117,6 +117,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
              cfg.model._target_.rsplit(".", 1)[-1], n_params / 1e6, out)
 
     summary: dict[str, Any] = {"output_dir": str(out), "seed": cfg.seed, "parameters": n_params}
+    if cfg.data.get("folds"):  # k-fold cross-validation: which fold this run validated on
+        summary.update(fold=int(cfg.data.fold), folds=int(cfg.data.folds))
     if cfg.train:
         start = time.perf_counter()
         trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path, weights_only=True)
@@ -126,6 +128,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     best = ((ckpt.best_model_path or None) if ckpt else None) or cfg.ckpt_path  # train=false tests ckpt_path
     summary["best_checkpoint"] = best
     metrics: dict[str, Any] = {"run": summary, "data": {"cross_split_duplicates": datamodule.duplicates,
+                                                        "groups_across_splits": datamodule.groups_across_splits,
                                                         "split_key": info.split_key}}
     if cfg.train:
         metrics["best_val"] = scalars(trainer.validate(module, datamodule=datamodule, ckpt_path=best,

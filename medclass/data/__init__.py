@@ -2,6 +2,7 @@
 
 from medclass.data.base import ClassificationDataModule, DataInfo
 from medclass.data.folder import FolderDataModule
+from medclass.data.manifest import ManifestDataModule
 from medclass.data.medmnist import MedMNISTDataModule
 
-__all__ = ["ClassificationDataModule", "DataInfo", "FolderDataModule", "MedMNISTDataModule"]
+__all__ = ["ClassificationDataModule", "DataInfo", "FolderDataModule", "ManifestDataModule", "MedMNISTDataModule"]

@@ -168,6 +168,7 @@ class ClassificationDataModule(L.LightningDataModule):
         self._train_images: torch.Tensor | None = None  # uint8 (N, H, W, C), moved to the training device
         self.duplicates: dict[str, int] = {}  # exact copies across splits, e.g. {"test_in_train": 3}
         self._labels: dict[str, np.ndarray] = {}
+        self.groups_across_splits: dict[str, int] = {}  # patients with images in two splits (grouped data)
 
     # -- what a subclass provides -------------------------------------------------------------
     def describe(self) -> DataInfo:

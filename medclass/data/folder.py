@@ -17,6 +17,7 @@ import csv
 import hashlib
 import json
 import logging
+import re
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
@@ -29,7 +30,7 @@ from rich.progress import track
 from medclass.data.base import SPLITS, ClassificationDataModule, DataInfo, to_channels
 from medclass.data.decode import read_image
 from medclass.data.scan import Scan, scan_folder
-from medclass.data.splits import Row, read_rows, stratified_splits, write_rows
+from medclass.data.splits import Row, assign_splits, groups_across_splits, read_rows, write_rows
 from medclass.errors import MedclassError
 
 log = logging.getLogger("medclass")
@@ -60,6 +61,9 @@ class FolderDataModule(ClassificationDataModule):
         cache_dir: str | None = "outputs/cache",
         symmetry: str = "sided",
         split_seed: int = 0,
+        group_by: str | None = None,
+        folds: int | None = None,
+        fold: int = 0,
         **kwargs: Any,
     ) -> None:
         super().__init__(image_size=image_size, in_chans=in_chans, **kwargs)
@@ -69,7 +73,9 @@ class FolderDataModule(ClassificationDataModule):
         self.class_map, self.split_fractions = dict(class_map or {}), tuple(split_fractions)
         self.split_dir, self.cache_dir = Path(split_dir), Path(cache_dir) if cache_dir else None
         self.symmetry, self.split_seed = symmetry, split_seed
+        self.group_by, self.folds, self.fold = group_by, folds, fold
         self.split_key = ""
+        self.groups_across_splits: dict[str, int] = {}  # patients (groups) with images in two splits
         self._rows: list[Row] | None = None
         self.skipped: list[tuple[Path, str]] = []
         self._items: dict[str, list[str]] = {}
@@ -84,15 +90,52 @@ class FolderDataModule(ClassificationDataModule):
         return (self.test_root if self.test_root and row[2] == "test" else self.root) / row[0]
 
     def _key(self, scans: dict[str, Scan]) -> str:
-        """Everything that decides the split, hashed: the files and their folders, fractions, seed, class map."""
-        spec = {
+        """Everything that decides the split, hashed: the files with their labels, groups and given splits,
+        fractions, seeds, folds, class map."""
+        spec: dict[str, Any] = {
             "files": {name: [[_relative(p, self.root if name == "train" else self.test_root), label]
                              for p, label in zip(scan.files, scan.labels, strict=True)]
                       for name, scan in scans.items()},
             "fractions": [float(f) for f in self.split_fractions], "split_seed": int(self.split_seed),
             "class_map": dict(sorted(self.class_map.items())), "test_root": self.test_root is not None,
         }
+        if self.group_by or any(scan.groups for scan in scans.values()):  # absent: keys of earlier runs hold
+            spec["groups"] = {name: self._groups(scan, name) for name, scan in scans.items()}
+        if any(scan.given for scan in scans.values()):
+            spec["given"] = {name: scan.given for name, scan in scans.items()}
+        if self.folds:
+            spec["folds"] = [int(self.folds), int(self.fold)]
         return hashlib.sha1(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:12]
+
+    def _groups(self, scan: Scan, name: str = "train") -> list[str] | None:
+        """The group (patient, study) of each file: the manifest's column, or `group_by` as a regex on the
+        file's path below its root (its first capture group, or the whole match)."""
+        if scan.groups:
+            return scan.groups
+        if not self.group_by:
+            return None
+        try:
+            pattern = re.compile(self.group_by)
+        except re.error as err:
+            raise MedclassError(f"data.group_by={self.group_by!r} is not a regular expression ({err})") from err
+        root = self.root if name == "train" else self.test_root
+        groups = []
+        for path in scan.files:
+            rel = _relative(path, root)
+            found = pattern.search(rel)
+            if not found:
+                raise MedclassError(f"data.group_by={self.group_by!r} finds no group in {rel}; write the regex so "
+                                    "every file name matches, e.g. '^(P\\d+)_' for P0012_scan3.png")
+            groups.append(found.group(1) if pattern.groups else found.group(0))
+        return groups
+
+    def collect(self) -> dict[str, Scan]:
+        """The usable files by source ("train": the root's, "test": test_root's), with what was skipped."""
+        scans = {"train": scan_folder(self.root)}
+        if self.test_root:
+            scans["test"] = scan_folder(self.test_root, what="data.test_root")
+            self._drop_test_copies(scans["train"], scans["test"])
+        return scans
 
     def _class(self, folder: str) -> str:
         return self.class_map.get(folder, folder)
@@ -101,10 +144,7 @@ class FolderDataModule(ClassificationDataModule):
         """(path, folder label, split) for every usable file; made once, then read from split_file."""
         if self._rows is not None:
             return self._rows
-        scans = {"train": scan_folder(self.root)}
-        if self.test_root:
-            scans["test"] = scan_folder(self.test_root, what="data.test_root")
-            self._drop_test_copies(scans["train"], scans["test"])
+        scans = self.collect()
         self.split_key = self._key(scans)
         rows = self._make_rows(scans)
         if self.split_file.is_file():
@@ -145,8 +185,7 @@ class FolderDataModule(ClassificationDataModule):
                     f"(class {test_label}); delete the wrong copy"
                 )
             train.skipped.append((train.files[i], f"test-split copy of {test_path}"))
-        train.files, train.labels, train.digests = ([seq[i] for i in keep] for seq in (train.files, train.labels,
-                                                                                      train.digests))
+        train.keep(keep)
 
     def _make_rows(self, scans: dict[str, Scan]) -> list[Row]:
         train = scans["train"]
@@ -156,13 +195,29 @@ class FolderDataModule(ClassificationDataModule):
             fractions = (a / (a + b), b / (a + b), 0.0)
         else:
             fractions = self.split_fractions
-        splits = stratified_splits(labels, fractions, self.split_seed)
+        groups = self._groups(train)
+        splits = assign_splits(labels, fractions, self.split_seed, groups=groups, given=train.given or None,
+                               folds=self.folds, fold=self.fold)
         rows = [(_relative(p, self.root), lbl, s) for p, lbl, s in zip(train.files, train.labels, splits, strict=True)]
         if "test" in scans:
             assert self.test_root is not None
             rows += [(_relative(p, self.test_root), lbl, "test")
                      for p, lbl in zip(scans["test"].files, scans["test"].labels, strict=True)]
+            if groups is not None:
+                groups = groups + (self._groups(scans["test"], "test") or [])
+        if groups is not None:
+            self._check_groups(groups, [r[2] for r in rows])
         return rows
+
+    def _check_groups(self, groups: list[str], splits: list[str]) -> None:
+        """Patient-level leakage: groups with images in two splits (drawn splits never have any; given ones may)."""
+        self.groups_across_splits = groups_across_splits(groups, splits)
+        found = {k: n for k, n in self.groups_across_splits.items() if n}
+        if found:
+            log.warning("groups (patients) in two splits: %s; the test score may measure memory of a patient",
+                        ", ".join(f"{n} {k.replace('_', ' ')}" for k, n in found.items()))
+        else:
+            log.info("%d groups, none in two splits", len(set(groups)))
 
     def _report_skipped(self) -> None:
         """One warning line with counts by reason, and every path with its reason in a CSV."""
@@ -237,6 +292,10 @@ class FolderDataModule(ClassificationDataModule):
 
 
 def _relative(path: Path, root: Path | None) -> str:
-    """`path` below `root`, with forward slashes on every system: how split files name images."""
+    """`path` below `root`, with forward slashes on every system: how split files name images (a manifest's
+    absolute path outside its folder stays absolute)."""
     assert root is not None
-    return path.relative_to(root).as_posix()
+    try:
+        return path.relative_to(root).as_posix()
+    except ValueError:
+        return path.absolute().as_posix()

@@ -23,6 +23,15 @@ class Scan:
     labels: list[str] = field(default_factory=list)  # class folder names
     digests: list[str] = field(default_factory=list)  # content hashes, to find copies across roots
     skipped: list[tuple[Path, str]] = field(default_factory=list)
+    groups: list[str] = field(default_factory=list)  # patient / study per file, when known (manifests)
+    given: list[str] = field(default_factory=list)  # a split per file fixed by the user (manifests), or ""
+
+    def keep(self, index: list[int]) -> None:
+        """Keep only the files at `index` (in every per-file list)."""
+        for name in ("files", "labels", "digests", "groups", "given"):
+            values = getattr(self, name)
+            if values:
+                setattr(self, name, [values[i] for i in index])
 
 
 def file_digest(path: Path) -> str:

@@ -1,4 +1,10 @@
-"""Seeded, stratified splits written to a CSV (path, label, split) and reused, so every run agrees."""
+"""Seeded splits: stratified by label, disjoint by group (patient, study), optionally k-fold, written
+to a CSV (path, label, split) and reused, so every run agrees.
+
+sklearn does the partitioning: `train_test_split` (stratified) without groups, `StratifiedGroupKFold`
+with them (every group lands in one split), `StratifiedKFold` / `StratifiedGroupKFold` for k-fold
+cross-validation. With groups, a fraction is met as closely as whole groups allow.
+"""
 
 from __future__ import annotations
 
@@ -6,33 +12,107 @@ import csv
 from collections.abc import Sequence
 from pathlib import Path
 
-from sklearn.model_selection import train_test_split
+from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold, train_test_split
 
 from medclass.errors import MedclassError
 
 Row = tuple[str, str, str]  # file path relative to data.root (test rows: data.test_root), class folder, split
+SPLIT_NAMES = ("train", "val", "test")
+
+
+def check_fractions(fractions: Sequence[float]) -> None:
+    if len(fractions) != 3 or min(fractions) < 0 or abs(sum(fractions) - 1) > 1e-6:
+        raise MedclassError(f"data.split_fractions={list(fractions)} must be three numbers ≥ 0 that sum to 1")
+
+
+def _take(index: list[int], share: float, labels: Sequence[str], groups: Sequence[str] | None, seed: int,
+          name: str) -> tuple[list[int], list[int]]:
+    """(rest, taken): about `share` of `index`, stratified by label and, with groups, whole groups only."""
+    y = [labels[i] for i in index]
+    try:
+        if groups is None:
+            rest, taken = train_test_split(index, test_size=share, random_state=seed, stratify=y)
+            return list(rest), list(taken)
+        n_splits = max(2, round(1 / share))
+        folds = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
+        rest_at, taken_at = next(folds.split(index, y, [groups[i] for i in index]))
+    except ValueError as err:
+        raise MedclassError(f"cannot make a stratified {name} split ({err}); add images or change "
+                            "data.split_fractions" + (" (or check data.group_by)" if groups else "")) from err
+    return [index[i] for i in rest_at], [index[i] for i in taken_at]
+
+
+def assign_splits(
+    labels: Sequence[str],
+    fractions: Sequence[float],
+    seed: int,
+    groups: Sequence[str] | None = None,
+    given: Sequence[str] | None = None,
+    folds: int | None = None,
+    fold: int = 0,
+) -> list[str]:
+    """One split name per item.
+
+    - `given`: a split per item ("train", "val", "test", or "" to be drawn); given splits are kept.
+      With `folds`, given train/val items are pooled and re-partitioned; given test items stay test.
+    - Without `folds`: test, then val, are drawn from the undecided items in the given fractions.
+    - With `folds=K`: the test set is drawn once (same `seed`, so identical for every fold), and the
+      rest is cut into K stratified (and group-disjoint) folds: fold `fold` is val, the others train.
+    """
+    check_fractions(fractions)
+    n = len(labels)
+    split = list(given) if given is not None else [""] * n
+    if folds:
+        if folds < 2 or not 0 <= fold < folds:
+            raise MedclassError(f"data.folds={folds} data.fold={fold}: need folds ≥ 2 and 0 ≤ fold < folds")
+        split = ["test" if s == "test" else "" for s in split]
+    if any(s not in ("", *SPLIT_NAMES) for s in split):
+        bad = next(s for s in split if s not in ("", *SPLIT_NAMES))
+        raise MedclassError(f"split {bad!r} is not one of {SPLIT_NAMES} (or empty: drawn by medclass)")
+    undecided = [i for i in range(n) if not split[i]]
+    if not undecided:
+        return split
+    test_given = "test" in split
+    if not test_given and fractions[2] > 0:
+        undecided, taken = _take(undecided, fractions[2], labels, groups, seed, "test")
+        for i in taken:
+            split[i] = "test"
+    if folds:
+        y = [labels[i] for i in undecided]
+        splitter = (StratifiedGroupKFold(folds, shuffle=True, random_state=seed) if groups is not None
+                    else StratifiedKFold(folds, shuffle=True, random_state=seed))
+        try:
+            parts = list(splitter.split(undecided, y, None if groups is None else [groups[i] for i in undecided]))
+        except ValueError as err:
+            raise MedclassError(f"cannot cut {len(undecided)} images into data.folds={folds} stratified folds "
+                                f"({err}); use fewer folds or add images") from err
+        val_at = set(parts[fold][1].tolist())
+        for j, i in enumerate(undecided):
+            split[i] = "val" if j in val_at else "train"
+        return split
+    kept = fractions[0] + fractions[1]  # the undecided items are now train + val
+    share = fractions[1] / kept if kept > 0 else 0.0
+    if share > 0 and "val" not in split:
+        undecided, taken = _take(undecided, share, labels, groups, seed, "val")
+        for i in taken:
+            split[i] = "val"
+    for i in undecided:
+        split[i] = "train"
+    return split
 
 
 def stratified_splits(labels: Sequence[str], fractions: Sequence[float], seed: int) -> list[str]:
     """One split name per item: train/val/test in the given fractions, every class in every split."""
-    if len(fractions) != 3 or min(fractions) < 0 or abs(sum(fractions) - 1) > 1e-6:
-        raise MedclassError(f"data.split_fractions={list(fractions)} must be three numbers ≥ 0 that sum to 1")
-    index = list(range(len(labels)))
-    split = ["train"] * len(labels)
-    rest, rest_labels = index, list(labels)
-    for name, fraction, remaining in (("test", fractions[2], 1.0), ("val", fractions[1], 1 - fractions[2])):
-        share = fraction / remaining if remaining > 0 else 0
-        if share <= 0:
-            continue
-        try:
-            rest, taken = train_test_split(rest, test_size=share, random_state=seed, stratify=rest_labels)
-        except ValueError as err:
-            raise MedclassError(f"cannot make a stratified {name} split ({err}); add images or change "
-                                "data.split_fractions") from err
-        for i in taken:
-            split[i] = name
-        rest_labels = [labels[i] for i in rest]
-    return split
+    return assign_splits(labels, fractions, seed)
+
+
+def groups_across_splits(groups: Sequence[str], splits: Sequence[str]) -> dict[str, int]:
+    """How many groups (patients) have images in two splits: `{"val_and_train": 0, ...}`; leakage by patient."""
+    seen: dict[str, set[str]] = {}
+    for group, split in zip(groups, splits, strict=True):
+        seen.setdefault(group, set()).add(split)
+    pairs = (("val", "train"), ("test", "train"), ("test", "val"))
+    return {f"{a}_and_{b}": sum(a in s and b in s for s in seen.values()) for a, b in pairs}
 
 
 def write_rows(path: Path, rows: Sequence[Row]) -> None:

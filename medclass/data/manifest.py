@@ -1,0 +1,84 @@
+"""Images listed in a CSV (`data=manifest`): `path,label[,group][,split]`, as hospital exports come.
+
+Everything after reading the list is the folder pipeline's (decode once, cache, bad files reported,
+augmentation, keyed splits): a manifest is a file list with labels, optionally with a patient or
+study id per image (`group`: splits never divide a group) and a fixed split per image (`split`:
+train, val or test, kept as given; empty cells are drawn).
+"""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+from typing import Any
+
+from medclass.data.folder import FolderDataModule
+from medclass.data.scan import Scan, file_digest, reason_to_skip
+from medclass.errors import MedclassError
+
+REQUIRED = ("path", "label")
+
+
+class ManifestDataModule(FolderDataModule):
+    """`manifest`: a CSV whose relative paths start at the CSV's folder; `group_by` names a column
+    (default `group` when the CSV has one) or is a regex on the path."""
+
+    def __init__(self, manifest: str, name: str | None = None, root: str | None = None, test_root: str | None = None,
+                 **kwargs: Any) -> None:
+        if root or test_root:
+            raise MedclassError("data=manifest takes its images from data.manifest (paths relative to the CSV's "
+                                "folder); leave data.root and data.test_root null, or give a `split` column")
+        self.manifest = Path(manifest).expanduser()
+        super().__init__(root=str(self.manifest.parent), name=name or self.manifest.stem, **kwargs)
+
+    def collect(self) -> dict[str, Scan]:
+        if not self.manifest.is_file():
+            raise MedclassError(f"data.manifest={self.manifest} is not a file; give a CSV with columns path,label "
+                                "(and optionally group, split)")
+        with self.manifest.open(newline="") as f:
+            reader = csv.DictReader(f)
+            columns = reader.fieldnames or []
+            missing = [c for c in REQUIRED if c not in columns]
+            if missing:
+                raise MedclassError(f"{self.manifest} has no column {', '.join(missing)} (has {', '.join(columns)}); "
+                                    "a manifest needs path,label and may add group and split")
+            records = list(reader)
+        group_column = self.group_by if self.group_by in columns else ("group" if "group" in columns and
+                                                                        not self.group_by else None)
+        scan, seen = Scan(), {}
+        for line, record in enumerate(records, start=2):
+            label = (record.get("label") or "").strip()
+            path = self.root / (record.get("path") or "").strip()
+            if not label:
+                raise MedclassError(f"{self.manifest} line {line}: no label for {record.get('path')!r}")
+            if ";" in label:
+                raise MedclassError(f"{self.manifest} line {line}: multi-label rows ({label!r}) are not supported "
+                                    "yet; give one class name per row")
+            reason = "missing file" if not path.is_file() else reason_to_skip(path, self.root)
+            if reason is None:
+                digest = file_digest(path)
+                if digest in seen:
+                    reason = f"duplicate of {seen[digest]}"
+                else:
+                    seen[digest] = path
+            if reason:
+                scan.skipped.append((path, reason))
+                continue
+            scan.files.append(path)
+            scan.labels.append(label)
+            scan.digests.append(digest)
+            if group_column:
+                group = (record.get(group_column) or "").strip()
+                if not group:
+                    raise MedclassError(f"{self.manifest} line {line}: empty {group_column!r} for {record['path']!r};"
+                                        " every row needs its group (patient or study id)")
+                scan.groups.append(group)
+            if "split" in columns:
+                scan.given.append((record.get("split") or "").strip().lower())
+        if len(set(scan.labels)) < 2:
+            raise MedclassError(f"{self.manifest} lists {len(set(scan.labels))} class(es) among its readable "
+                                "images; a classifier needs at least 2")
+        if self.group_by and group_column is None and self.group_by.isidentifier():  # else: a regex on the path
+            raise MedclassError(f"data.group_by={self.group_by!r} is not a column of {self.manifest} "
+                                f"(columns: {', '.join(columns)}) nor a regex with a special character")
+        return {"train": scan}

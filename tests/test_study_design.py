@@ -1,0 +1,183 @@
+"""Study design (issue 20): manifests, patient-level (group) splits, k-fold cross-validation, gathering folds."""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections import defaultdict
+from pathlib import Path
+
+import pytest
+
+from medclass.data import FolderDataModule, ManifestDataModule
+from medclass.data.splits import assign_splits
+from medclass.errors import MedclassError
+from medclass.gather import load_runs, summarize, to_markdown
+from medclass.runner import train
+
+from .conftest import FAST, compose_train, grey, save
+
+QUIET = ["callbacks.progress_bar=null", "trainer.enable_progress_bar=false"]
+
+
+def patients(n_patients: int = 30, per_patient: int = 4) -> tuple[list[str], list[str]]:
+    """Labels and patient ids: each patient has one diagnosis and several images."""
+    labels, groups = [], []
+    for p in range(n_patients):
+        for _ in range(per_patient):
+            labels.append("sick" if p % 3 == 0 else "well")
+            groups.append(f"P{p:03d}")
+    return labels, groups
+
+
+def splits_of_groups(groups: list[str], splits: list[str]) -> dict[str, set[str]]:
+    seen: dict[str, set[str]] = defaultdict(set)
+    for g, s in zip(groups, splits, strict=True):
+        seen[g].add(s)
+    return seen
+
+
+def test_group_splits_never_divide_a_patient_and_keep_both_classes_everywhere() -> None:
+    labels, groups = patients()
+    splits = assign_splits(labels, (0.6, 0.2, 0.2), seed=0, groups=groups)
+    assert all(len(s) == 1 for s in splits_of_groups(groups, splits).values())
+    for name in ("train", "val", "test"):
+        assert {lbl for lbl, s in zip(labels, splits, strict=True) if s == name} == {"sick", "well"}
+    assert abs(splits.count("test") / len(splits) - 0.2) < 0.07  # as close as whole patients allow
+    ungrouped = assign_splits(labels, (0.6, 0.2, 0.2), seed=0)
+    assert any(len(s) > 1 for s in splits_of_groups(groups, ungrouped).values())  # what grouping prevents
+
+
+def test_k_folds_partition_the_non_test_images_and_share_one_test_set() -> None:
+    labels, groups = patients(40)
+    runs = [assign_splits(labels, (0.8, 0.0, 0.2), seed=3, groups=groups, folds=5, fold=k) for k in range(5)]
+    tests = [{i for i, s in enumerate(r) if s == "test"} for r in runs]
+    assert all(t == tests[0] for t in tests) and tests[0]
+    vals = [{i for i, s in enumerate(r) if s == "val"} for r in runs]
+    assert all(not (a & b) for i, a in enumerate(vals) for b in vals[i + 1:])  # disjoint
+    assert set().union(*vals) == set(range(len(labels))) - tests[0]  # cover every non-test image
+    for r in runs:
+        assert all(len(s) == 1 for s in splits_of_groups(groups, r).values())
+    with pytest.raises(MedclassError, match="data.folds=5 data.fold=5"):
+        assign_splits(labels, (0.8, 0.0, 0.2), seed=3, folds=5, fold=5)
+
+
+def test_a_given_split_is_kept_and_blanks_are_drawn() -> None:
+    labels = ["a", "b"] * 20
+    given = ["test"] * 6 + ["val"] * 4 + [""] * 30
+    splits = assign_splits(labels, (0.8, 0.1, 0.1), seed=0, given=given)
+    assert splits[:6] == ["test"] * 6 and splits[6:10] == ["val"] * 4 and set(splits[10:]) == {"train"}
+    with pytest.raises(MedclassError, match="'holdout' is not one of"):
+        assign_splits(labels, (0.8, 0.1, 0.1), seed=0, given=["holdout"] * 40)
+
+
+def write_manifest(tmp: Path, rows: list[dict[str, str]], columns: tuple[str, ...]) -> Path:
+    path = tmp / "study" / "labels.csv"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(columns))
+        writer.writeheader()
+        writer.writerows(rows)
+    return path
+
+
+def patient_images(tmp: Path, n_patients: int = 24, per_patient: int = 3, split: bool = False) -> Path:
+    rows = []
+    for p in range(n_patients):
+        label = "sick" if p % 2 else "well"
+        for k in range(per_patient):
+            rel = f"images/P{p:03d}_{k}.png"
+            save(tmp / "study" / rel, grey(60 + 100 * (p % 2), seed=1000 * p + k))
+            rows.append({"path": rel, "label": label, "group": f"P{p:03d}",
+                         "split": ("test" if p < 4 else "") if split else ""})
+    columns = ("path", "label", "group", "split") if split else ("path", "label", "group")
+    return write_manifest(tmp, [{c: r[c] for c in columns} for r in rows], columns)
+
+
+def module(tmp: Path, **kw) -> ManifestDataModule:
+    return ManifestDataModule(image_size=16, num_workers=0, batch_size=8, split_dir=str(tmp / "splits"),
+                              cache_dir=str(tmp / "cache"), **kw)
+
+
+def test_manifest_with_groups_keeps_every_patient_in_one_split(tmp_path: Path) -> None:
+    dm = module(tmp_path, manifest=str(patient_images(tmp_path)), split_fractions=(0.5, 0.25, 0.25))
+    dm.setup()
+    dm.write_split(tmp_path / "split.csv")
+    rows = list(csv.DictReader((tmp_path / "split.csv").open()))
+    assert len(rows) == 72 and all(r["path"].startswith("images/P") for r in rows)
+    by_patient = splits_of_groups([r["path"].split("/")[1][:4] for r in rows], [r["split"] for r in rows])
+    assert all(len(s) == 1 for s in by_patient.values())
+    assert dm.groups_across_splits == {"val_and_train": 0, "test_and_train": 0, "test_and_val": 0}
+    assert dm.info.class_names == ["sick", "well"] and dm.info.split_key
+
+
+def test_manifest_split_column_is_respected_and_leaks_are_counted(tmp_path: Path) -> None:
+    manifest = patient_images(tmp_path, split=True)
+    dm = module(tmp_path, manifest=str(manifest))
+    dm.setup()
+    dm.write_split(tmp_path / "split.csv")
+    tests = {r["path"] for r in csv.DictReader((tmp_path / "split.csv").open()) if r["split"] == "test"}
+    assert tests == {f"images/P{p:03d}_{k}.png" for p in range(4) for k in range(3)}
+    text = manifest.read_text().replace("images/P006_0.png,well,P006,", "images/P006_0.png,well,P006,test")
+    manifest.write_text(text)  # one image of patient P006 in test, the others drawn: a leak the check reports
+    leaky = module(tmp_path, manifest=str(manifest))
+    leaky.setup()
+    assert leaky.groups_across_splits["test_and_train"] + leaky.groups_across_splits["test_and_val"] == 1
+
+
+@pytest.mark.parametrize(("fault", "message"), [
+    ("no_label_column", "has no column label"),
+    ("missing_group", "empty 'group'"),
+    ("multi_label", "multi-label rows"),
+])
+def test_bad_manifests_name_the_file_and_line(tmp_path: Path, fault: str, message: str) -> None:
+    rows = [{"path": "a.png", "label": "x", "group": "P1"}, {"path": "b.png", "label": "y", "group": "P2"}]
+    for r in rows:
+        save(tmp_path / "study" / r["path"], grey(50, seed=len(r["label"]) + ord(r["label"])))
+    columns: tuple[str, ...] = ("path", "label", "group")
+    if fault == "no_label_column":
+        columns = ("path", "group")
+    elif fault == "missing_group":
+        rows[1]["group"] = ""
+    else:
+        rows[1]["label"] = "x;y"
+    path = write_manifest(tmp_path, [{c: r[c] for c in columns} for r in rows], columns)
+    with pytest.raises(MedclassError, match=message):
+        module(tmp_path, manifest=str(path)).setup()
+
+
+def test_group_by_regex_on_folder_file_names(tmp_path: Path) -> None:
+    for p in range(20):
+        for k in range(3):
+            save(tmp_path / "data" / ("sick" if p % 2 else "well") / f"P{p:02d}_{k}.png", grey(80, seed=100 * p + k))
+    dm = FolderDataModule(root=str(tmp_path / "data"), image_size=16, num_workers=0, group_by=r"(P\d+)_",
+                          split_dir=str(tmp_path / "splits"), cache_dir=None, split_fractions=(0.6, 0.2, 0.2))
+    dm.setup()
+    dm.write_split(tmp_path / "split.csv")
+    rows = list(csv.DictReader((tmp_path / "split.csv").open()))
+    by_patient = splits_of_groups([Path(r["path"]).name[:3] for r in rows], [r["split"] for r in rows])
+    assert len(by_patient) == 20 and all(len(s) == 1 for s in by_patient.values())
+    with pytest.raises(MedclassError, match="finds no group in"):
+        FolderDataModule(root=str(tmp_path / "data"), group_by=r"^Q(\d+)", split_dir=str(tmp_path / "s2"),
+                         cache_dir=None).setup()
+
+
+def test_a_five_fold_sweep_gathers_into_one_row_over_folds(tmp_path: Path) -> None:
+    manifest = patient_images(tmp_path, n_patients=20, per_patient=2)
+    for fold in range(3):
+        run = tmp_path / "sweep" / str(fold)
+        cfg = compose_train(["data=manifest", f"data.manifest={manifest}", "data.image_size=16", "data.folds=3",
+                             f"data.fold={fold}", *FAST, *QUIET], run)
+        train(cfg)
+        (run / ".hydra").mkdir(exist_ok=True)  # what a Hydra multirun leaves beside metrics.json
+        (run / ".hydra" / "overrides.yaml").write_text(f"- data=manifest\n- data.folds=3\n- data.fold={fold}\n")
+    splits = [list(csv.DictReader((tmp_path / "sweep" / str(f) / "split.csv").open())) for f in range(3)]
+    tests = [{r["path"] for r in s if r["split"] == "test"} for s in splits]
+    assert tests[0] == tests[1] == tests[2]
+    vals = [{r["path"] for r in s if r["split"] == "val"} for s in splits]
+    assert not (vals[0] & vals[1]) and not (vals[1] & vals[2])
+    metrics = [json.loads((tmp_path / "sweep" / str(f) / "metrics.json").read_text()) for f in range(3)]
+    assert [m["run"]["fold"] for m in metrics] == [0, 1, 2]
+    rows = summarize(load_runs(tmp_path / "sweep"))
+    assert len(rows) == 1 and rows[0]["runs"] == 3 and rows[0]["over"] == "3 folds"
+    assert "| data=manifest data.folds=3 | 3 | 3 folds |" in to_markdown(rows)
