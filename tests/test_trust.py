@@ -23,7 +23,7 @@ from medclass.checkpoint import check_targets, load_classifier
 from medclass.data.base import ArrayDataset, init_worker
 from medclass.data.leakage import cross_split_duplicates
 from medclass.errors import MedclassError
-from medclass.module.tasks import make_loss
+from medclass.module.losses import make_loss
 from medclass.runner import evaluate, train
 
 from .conftest import CONF, FAST, ROOT, clean_tree, compose_train, run_script, write_npz

@@ -19,7 +19,7 @@ import lightning as L
 import numpy as np
 import torch
 from lightning.fabric.utilities.seed import pl_worker_init_function
-from torch.utils.data import DataLoader, Dataset, get_worker_info
+from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler, get_worker_info
 
 from medclass.augment import BatchAugment, eval_transform
 from medclass.data.leakage import cross_split_duplicates
@@ -41,6 +41,8 @@ class DataInfo:
     std: list[float] = field(default_factory=list)
     symmetry: str = "sided"
     split_key: str = ""  # names the exact train/val/test partition (metrics.json, split.csv, eval's check)
+    class_counts: list[int] = field(default_factory=list)  # training images per class (positives per label)
+    train_size: int = 0
 
     @property
     def num_classes(self) -> int:
@@ -152,8 +154,12 @@ class ClassificationDataModule(L.LightningDataModule):
         std: list[float] | None = None,
         pin_memory: bool = False,
         seed: int = 0,
+        sampler: str | None = None,
     ) -> None:
         super().__init__()
+        if sampler not in (None, "balanced"):
+            raise MedclassError(f"data.sampler={sampler!r}: use balanced or null")
+        self.sampler = sampler
         if batch_size < 1:
             raise MedclassError(f"data.batch_size={batch_size} must be at least 1")
         if num_workers < 0:
@@ -219,6 +225,10 @@ class ClassificationDataModule(L.LightningDataModule):
         report_duplicates(self.duplicates)
         labels = {s: encode_labels(y, info.task) for s, (_, y) in splits.items()}
         self._labels = labels
+        train_labels = labels["train"]
+        info.class_counts = (train_labels.sum(0).astype(int).tolist() if info.task == "multi-label" else
+                             np.bincount(train_labels, minlength=info.num_classes).tolist())
+        info.train_size = len(train_labels)
         mean, std = channel_stats(arrays["train"]) if self.mean is None else (list(self.mean), list(self.std))
         if chans == 1 and len(mean) == 3 == len(std):  # RGB statistics (a pretrained backbone's) for grey input
             mean, std = [round(sum(mean) / 3, 4)], [round(sum(std) / 3, 4)]
@@ -258,10 +268,12 @@ class ClassificationDataModule(L.LightningDataModule):
         dataset = self.datasets[split]
         indices = isinstance(dataset, IndexDataset)  # nothing for a worker process to do
         workers = 0 if indices else self.num_workers
+        sampler = self.balanced_sampler() if train and self.sampler == "balanced" else None
         return DataLoader(
             dataset,
             batch_size=self.batch_size if train else self.eval_batch_size,
-            shuffle=train,
+            shuffle=train and sampler is None,
+            sampler=sampler,
             drop_last=train and len(dataset) > self.batch_size,
             num_workers=workers,
             persistent_workers=workers > 0,
@@ -269,6 +281,22 @@ class ClassificationDataModule(L.LightningDataModule):
             worker_init_fn=functools.partial(init_worker, rank=self.global_rank),
             collate_fn=as_batch if indices else None,
         )
+
+    def balanced_sampler(self) -> WeightedRandomSampler:
+        """Draws every class equally often (with replacement), one epoch = the training split's size.
+
+        Multi-label rows weigh by their rarest positive label (rows with none by the negatives' share).
+        """
+        labels, info = self._labels["train"], self.info
+        counts = np.maximum(np.asarray(info.class_counts, np.float64), 1)
+        if info.task == "multi-label":
+            inverse = np.where(labels > 0, 1 / counts, 0).max(1)
+            weights = np.where(inverse > 0, inverse, 1 / max(len(labels) - int((labels.sum(1) > 0).sum()), 1))
+        else:
+            weights = 1 / counts[labels]
+        # no generator of its own: it draws from torch's, which seed_everything seeds and a resume restores
+        return WeightedRandomSampler(torch.as_tensor(weights, dtype=torch.double), num_samples=len(labels),
+                                     replacement=True)
 
     @property
     def global_rank(self) -> int:

@@ -125,7 +125,7 @@ class FolderDataModule(ClassificationDataModule):
             found = pattern.search(rel)
             if not found:
                 raise MedclassError(f"data.group_by={self.group_by!r} finds no group in {rel}; write the regex so "
-                                    "every file name matches, e.g. '^(P\\d+)_' for P0012_scan3.png")
+                                    "every path matches, e.g. '(P\\d+)_' for glioma/P0012_scan3.png")
             groups.append(found.group(1) if pattern.groups else found.group(0))
         return groups
 

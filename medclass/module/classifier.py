@@ -16,7 +16,9 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from medclass.errors import MedclassError
 from medclass.module.finetune import freeze_named_layers, set_backbone_frozen, split_parameters
-from medclass.module.tasks import make_loss, make_metrics, probabilities
+from medclass.module.losses import class_weights as weights_for
+from medclass.module.losses import make_loss
+from medclass.module.tasks import make_metrics, probabilities
 from medclass.module.tta import tta_views
 
 
@@ -40,16 +42,21 @@ class Classifier(L.LightningModule):
         backbone_lr_scale: float = 1.0,
         freeze_layers: list[str] | None = None,
         compile: bool | str | dict[str, Any] = False,
+        loss: str = "ce",
+        focal_gamma: float = 2.0,
+        class_weights: str | list[float] | None = None,
     ) -> None:
         super().__init__()
         # plain containers only: a DictConfig in hparams would need pickle to load
-        net, data_info, optimizer, scheduler, data_cfg, freeze_layers, compile = map(
-            to_plain, (net, data_info, optimizer, scheduler, data_cfg, freeze_layers, compile))
+        net, data_info, optimizer, scheduler, data_cfg, freeze_layers, compile, class_weights = map(
+            to_plain, (net, data_info, optimizer, scheduler, data_cfg, freeze_layers, compile, class_weights))
         self.save_hyperparameters()
         self.task = data_info["task"]
         self.num_classes = len(data_info["class_names"])
         self.net = instantiate(net, in_chans=data_info["in_chans"], num_classes=self.num_classes)
-        self.loss = make_loss(self.task, label_smoothing)
+        weight = weights_for(class_weights, data_info.get("class_counts") or [], data_info.get("train_size", 0),
+                             self.task == "multi-label")
+        self.loss = make_loss(self.task, label_smoothing, loss, weight, focal_gamma)
         self.train_metrics = make_metrics(self.task, self.num_classes, with_auc=False).clone(prefix="train/")
         self.val_metrics = make_metrics(self.task, self.num_classes).clone(prefix="val/")
         self.test_metrics = make_metrics(self.task, self.num_classes)
