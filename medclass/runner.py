@@ -215,11 +215,16 @@ def make_report(cfg: DictConfig, module: Classifier, datamodule: ClassificationD
     from medclass.eval.report import collect, write_report
 
     module.to(device)
-    calibrate = cfg.get("calibrate", True) and cfg.split != "val"  # fitting on the split it scores would flatter it
-    val = collect(module, datamodule.split_dataloader("val"), "val") if calibrate else None
+    calibrate = cfg.get("calibrate", True)
+    binary = module.hparams.data_info["task"] == "binary-class"  # operating points are chosen on val
+    # fitting a temperature or a threshold on the split it scores would flatter it: never on val itself
+    needs_val = cfg.split != "val" and (calibrate or binary)
+    val = collect(module, datamodule.split_dataloader("val"), "val") if needs_val else None
     ckpt = Path(cfg.ckpt_path)
     write_report(out, split=cfg.split, probs=probs, labels=labels, data_info=module.hparams.data_info,
                  checkpoint=str(ckpt), medmnist=module.hparams.data_cfg["_target_"].endswith("MedMNISTDataModule"),
-                 val=val, n_bins=cfg.get("ece_bins", 15),
-                 run_dir=ckpt.parent.parent if ckpt.parent.name == "checkpoints" else None)
+                 val=val, n_bins=cfg.get("ece_bins", 15), calibrate=calibrate,
+                 run_dir=ckpt.parent.parent if ckpt.parent.name == "checkpoints" else None,
+                 bootstrap=cfg.get("bootstrap", 1000), bootstrap_seed=cfg.get("bootstrap_seed", 0),
+                 target_sensitivity=OmegaConf.select(cfg, "operating_point.sensitivity", default=0.95))
 

@@ -66,5 +66,9 @@ def classification_metrics(probs: np.ndarray, labels: np.ndarray, class_names: l
         "macro": {"precision": float(p.mean()), "recall": float(r.mean()), "f1": float(f.mean())},
         "weighted": {"precision": float(p @ support), "recall": float(r @ support), "f1": float(f @ support)},
     }
-    return {"n": int(len(labels)), "accuracy": accuracy, "balanced_accuracy": balanced,
-            "auc_macro_ovr": _macro(aucs), "average": average, "per_class": per_class, "confusion": confusion}
+    out = {"n": int(len(labels)), "accuracy": accuracy, "balanced_accuracy": balanced,
+           "auc_macro_ovr": _macro(aucs), "average": average, "per_class": per_class, "confusion": confusion}
+    if task == "ordinal-regression":  # grades: how far off, not only whether (RetinaMNIST)
+        out["ordinal"] = {"quadratic_weighted_kappa": float(skm.cohen_kappa_score(labels, pred, weights="quadratic")),
+                          "mae": float(np.abs(labels - pred).mean())}
+    return out

@@ -22,8 +22,10 @@ from torch.utils.tensorboard import SummaryWriter
 from tqdm.auto import tqdm
 
 from medclass.eval import figures
+from medclass.eval.bootstrap import bootstrap_ci
 from medclass.eval.calibration import apply_temperature, calibration_summary, fit_temperature, reliability_bins
 from medclass.eval.metrics import classification_metrics, official
+from medclass.eval.operating_points import operating_points
 
 log = logging.getLogger("medclass")
 
@@ -58,15 +60,21 @@ def collect(module: torch.nn.Module, loader: DataLoader, what: str = "") -> tupl
 
 def write_report(out: Path, *, split: str, probs: np.ndarray, labels: np.ndarray, data_info: dict[str, Any],
                  checkpoint: str, medmnist: bool, val: tuple[np.ndarray, np.ndarray] | None = None,
-                 n_bins: int = 15, run_dir: Path | None = None) -> dict[str, Any]:
-    """Write the report folder; `val` (probabilities, labels) fits a temperature for calibration."""
+                 n_bins: int = 15, run_dir: Path | None = None, calibrate: bool = True, bootstrap: int = 1000,
+                 bootstrap_seed: int = 0, target_sensitivity: float = 0.95) -> dict[str, Any]:
+    """Write the report folder; `val` (probabilities, labels) fits a temperature for calibration and chooses
+    the binary operating points; `bootstrap` resamples give the confidence intervals (0: none)."""
     task, names = data_info["task"], list(data_info["class_names"])
     metrics = classification_metrics(probs, labels, names, task)
-    temperature = fit_temperature(*val, task) if val is not None else None
+    temperature = fit_temperature(*val, task) if val is not None and calibrate else None
     report: dict[str, Any] = {
         "split": split, "checkpoint": checkpoint, "task": task, "metrics": metrics,
         "calibration": calibration_summary(probs, labels, task, n_bins, temperature),
     }
+    if bootstrap:
+        report["ci"] = bootstrap_ci(probs, labels, task, bootstrap, bootstrap_seed)
+    if task == "binary-class":
+        report["operating_points"] = operating_points(probs, labels, val, target_sensitivity)
     if medmnist:
         report["medmnist_official"] = official(probs, labels, task)
     figs = {"roc": figures.roc_figure(probs, labels, names, task, [c["auc"] for c in metrics["per_class"]]),
@@ -127,6 +135,25 @@ def markdown(report: dict[str, Any], data_info: dict[str, Any]) -> str:
     if "medmnist_official" in report:
         o = report["medmnist_official"]
         lines.append(f"| MedMNIST official ACC / AUC | {_fmt(o['acc'])} / {_fmt(o['auc'])} |")
+    if "ordinal" in m:
+        lines.append(f"| quadratic weighted kappa / MAE (grades) | {_fmt(m['ordinal']['quadratic_weighted_kappa'])} / "
+                     f"{_fmt(m['ordinal']['mae'])} |")
+    if "ci" in report:
+        ci = report["ci"]
+        lines += ["", f"## Confidence intervals ({ci['level']:.0%}, {ci['resamples']} bootstrap resamples of the "
+                  f"images, seed {ci['seed']}, percentile)", "", "| metric | estimate | interval |", "|---|---|---|"]
+        lines += [f"| {name.replace('_', ' ')} | {_fmt(ci[name]['estimate'])} | {_fmt(ci[name]['low'])} – "
+                  f"{_fmt(ci[name]['high'])} |" for name in ("accuracy", "balanced_accuracy", "auc_macro_ovr",
+                                                             "f1_macro")]
+    if "operating_points" in report:
+        lines += ["", f"## Operating points (positive class: {data_info['class_names'][1]})", "",
+                  "Thresholds chosen on validation are applied unchanged to this split.", "",
+                  "| threshold | chosen on | sensitivity | specificity | PPV | NPV | TP / FP / FN / TN |",
+                  "|---|---|---|---|---|---|---|"]
+        for name, p in report["operating_points"].items():
+            lines.append(f"| {name} = {p['threshold']:.4f} | {p['chosen_on']} | {_fmt(p['sensitivity'])} | "
+                         f"{_fmt(p['specificity'])} | {_fmt(p['ppv'])} | {_fmt(p['npv'])} | "
+                         f"{p['tp']} / {p['fp']} / {p['fn']} / {p['tn']} |")
     lines += ["", "## Per class", "", "| class | precision | recall | F1 | support | AUC |",
               "|---|---|---|---|---|---|"]
     lines += [f"| {r['class']} | {_fmt(r['precision'])} | {_fmt(r['recall'])} | {_fmt(r['f1'])} | {r['support']} | "

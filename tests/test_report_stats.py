@@ -1,0 +1,94 @@
+"""Reports a reviewer accepts (issue 20): bootstrap intervals, operating points, ordinal metrics."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from sklearn import metrics as skm
+
+from medclass.eval.bootstrap import bootstrap_ci, metric_values
+from medclass.eval.metrics import classification_metrics
+from medclass.eval.operating_points import confusion_at, operating_points, rates
+from medclass.eval.report import write_report
+
+
+def scores(n: int, k: int = 3, seed: int = 0, signal: float = 1.5) -> tuple[np.ndarray, np.ndarray]:
+    """Probabilities that are informative but imperfect, with ties (rounded) as a saturated net gives."""
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, k, n)
+    logits = rng.normal(0, 1, (n, k)) + signal * np.eye(k)[labels]
+    probs = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+    return np.round(probs, 2), labels
+
+
+def test_weighted_metrics_equal_sklearn_on_the_resampled_arrays() -> None:
+    probs, labels = scores(300)
+    full = classification_metrics(probs, labels, ["a", "b", "c"], "multi-class")
+    ones = metric_values(probs, labels, "multi-class", np.ones(len(labels)))
+    assert ones["accuracy"] == pytest.approx(full["accuracy"]) and ones["f1_macro"] == pytest.approx(
+        full["average"]["macro"]["f1"])
+    assert ones["auc_macro_ovr"] == pytest.approx(full["auc_macro_ovr"])
+    index = np.random.default_rng(1).integers(0, 300, 300)
+    weights = np.bincount(index, minlength=300).astype(float)
+    resampled = classification_metrics(probs[index], labels[index], ["a", "b", "c"], "multi-class")
+    got = metric_values(probs, labels, "multi-class", weights)
+    assert got["accuracy"] == pytest.approx(resampled["accuracy"])
+    assert got["balanced_accuracy"] == pytest.approx(resampled["balanced_accuracy"])
+    assert got["f1_macro"] == pytest.approx(resampled["average"]["macro"]["f1"])
+    assert got["auc_macro_ovr"] == pytest.approx(resampled["auc_macro_ovr"])  # ties count half, as sklearn's
+
+
+def test_intervals_contain_the_estimate_and_narrow_with_more_data() -> None:
+    small = bootstrap_ci(*scores(100), "multi-class", n_resamples=300, seed=0)
+    large = bootstrap_ci(*scores(2000), "multi-class", n_resamples=300, seed=0)
+    for m in ("accuracy", "balanced_accuracy", "auc_macro_ovr", "f1_macro"):
+        for ci in (small, large):
+            assert ci[m]["low"] <= ci[m]["estimate"] <= ci[m]["high"], (m, ci[m])
+        assert large[m]["high"] - large[m]["low"] < 0.5 * (small[m]["high"] - small[m]["low"]), m
+    assert bootstrap_ci(*scores(100), "multi-class", n_resamples=50, seed=3) == bootstrap_ci(
+        *scores(100), "multi-class", n_resamples=50, seed=3)  # seeded
+
+
+def test_operating_point_arithmetic_on_a_hand_made_table() -> None:
+    s = np.array([0.9, 0.8, 0.7, 0.6, 0.4, 0.3, 0.2, 0.1])
+    y = np.array([1, 1, 0, 1, 0, 1, 0, 0])
+    counts = confusion_at(s, y, 0.5)
+    assert counts == {"tp": 3, "fp": 1, "fn": 1, "tn": 3}
+    assert rates(counts) == {"sensitivity": 0.75, "specificity": 0.75, "ppv": 0.75, "npv": 0.75}
+    probs = np.stack([1 - s, s], 1)
+    points = operating_points(probs, y, val=(probs, y), target_sensitivity=1.0)
+    assert points["default_0.5"]["chosen_on"] == "fixed" and points["youden"]["chosen_on"] == "val"
+    assert points["sensitivity_1"]["threshold"] == 0.3 and points["sensitivity_1"]["sensitivity"] == 1.0
+    assert points["sensitivity_1"]["specificity"] == 0.5  # 0.3 calls 0.7 and 0.4 positive as well
+    j = {t: rates(confusion_at(s, y, t)) for t in s}
+    best = max(j, key=lambda t: j[t]["sensitivity"] + j[t]["specificity"])
+    assert points["youden"]["threshold"] == best
+
+
+def test_ordinal_metrics_are_the_quadratic_weighted_kappa_and_mae() -> None:
+    probs, labels = scores(200, k=5, signal=1.0)
+    pred = probs.argmax(1)
+    m = classification_metrics(probs, labels, list("abcde"), "ordinal-regression")["ordinal"]
+    observed = skm.confusion_matrix(labels, pred, labels=range(5)).astype(float)
+    expected = np.outer(observed.sum(1), observed.sum(0)) / observed.sum()
+    w = (np.subtract.outer(np.arange(5), np.arange(5)) ** 2) / 16
+    assert m["quadratic_weighted_kappa"] == pytest.approx(1 - (w * observed).sum() / (w * expected).sum())
+    assert m["quadratic_weighted_kappa"] == pytest.approx(skm.cohen_kappa_score(labels, pred, weights="quadratic"))
+    assert m["mae"] == pytest.approx(np.abs(labels - pred).mean())
+
+
+def test_binary_report_has_intervals_and_operating_points(tmp_path: Path) -> None:
+    probs, labels = scores(200, k=2)
+    val = scores(100, k=2, seed=5)
+    info = {"task": "binary-class", "class_names": ["normal", "pneumonia"]}
+    report = write_report(tmp_path, split="test", probs=probs, labels=labels, data_info=info, checkpoint="x.ckpt",
+                          medmnist=False, val=val, bootstrap=200, target_sensitivity=0.9)
+    saved = json.loads((tmp_path / "report.json").read_text())
+    assert saved["ci"]["resamples"] == 200 and saved["ci"]["accuracy"] == report["ci"]["accuracy"]
+    assert saved["operating_points"]["sensitivity_0.9"]["chosen_on"] == "val"
+    text = (tmp_path / "report.md").read_text()
+    assert "## Confidence intervals (95%, 200 bootstrap resamples" in text
+    assert "## Operating points (positive class: pneumonia)" in text and "| youden = " in text
