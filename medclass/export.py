@@ -38,13 +38,14 @@ class ProbabilityNet(nn.Module):
         return probabilities(self.net(x), self.task)
 
 
-def export_onnx(module: Classifier, path: str | Path, opset: int = 18) -> Path:
-    """Write `path` (float32 NCHW input `image`, output `probabilities`, dynamic batch) with the metadata."""
+def export_onnx(module: Classifier, path: str | Path, opset: int = 18, operating: dict[str, Any] | None = None) -> Path:
+    """Write `path` (float32 NCHW input `image`, output `probabilities`, dynamic batch) with the metadata;
+    `operating` (eval.py's temperature and thresholds) rides along in it for predict.py."""
     import onnx
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    meta = model_meta(module)
+    meta = {**model_meta(module), **(operating or {})}
     wrapper = ProbabilityNet(module.net, meta["task"]).eval().cpu()
     for name in ("onnx_ir", "onnxscript"):  # their INFO lines (passes run, nodes removed) would flood the log
         logging.getLogger(name).setLevel(logging.WARNING)
@@ -106,17 +107,20 @@ def max_abs_difference(module: Classifier, path: str | Path, batch: int = 8, see
 def run_export(cfg: DictConfig) -> dict[str, Any]:
     """What export.py does: export, check against onnxruntime, write export.json; fails above the tolerance."""
     from medclass.checkpoint import load_classifier
+    from medclass.eval import operating_file
     from medclass.runner import write_json
 
     module = load_classifier(cfg.ckpt_path)
+    operating = operating_file.load(cfg.ckpt_path)
     out = Path(cfg.paths.output_dir)
-    path = export_onnx(module, Path(cfg.output) if cfg.get("output") else out / "model.onnx", opset=cfg.opset)
+    path = export_onnx(module, Path(cfg.output) if cfg.get("output") else out / "model.onnx", opset=cfg.opset,
+                       operating=operating)
     diff = max_abs_difference(module, path, batch=cfg.check_batch)
     message = (f"ONNX check: max abs difference of probabilities {diff:.3g} (tolerance {cfg.tolerance:g}) on a "
                f"batch of {cfg.check_batch} and of 1")
     print(message)
     summary = {"onnx": str(path), "checkpoint": str(cfg.ckpt_path), "opset": cfg.opset,
-               "max_abs_diff": diff, "tolerance": cfg.tolerance, "meta": model_meta(module)}
+               "max_abs_diff": diff, "tolerance": cfg.tolerance, "meta": {**model_meta(module), **operating}}
     write_json(out / "export.json", summary)
     if not diff <= cfg.tolerance:  # NaN fails too
         raise MedclassError(f"{path} differs from the checkpoint by {diff:.3g} > tolerance={cfg.tolerance:g}; try "

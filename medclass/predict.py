@@ -27,6 +27,7 @@ from medclass.data.decode import read_image
 from medclass.data.folder import decode_resized
 from medclass.data.scan import reason_to_skip
 from medclass.errors import MedclassError
+from medclass.eval.calibration import apply_temperature
 from medclass.module import Classifier
 from medclass.module.tta import tta_views
 
@@ -43,10 +44,13 @@ def model_meta(module: Classifier) -> dict[str, Any]:
 
 
 class TorchModel:
-    """A Classifier as `probabilities = model(batch)`; `tta` None keeps the checkpoint's setting."""
+    """A Classifier as `probabilities = model(batch)`; `tta` None keeps the checkpoint's setting; `operating`
+    (eval.py's temperature and thresholds, `medclass.eval.operating_file`) rides along in `meta`."""
 
-    def __init__(self, module: Classifier, tta: str | None = None, device: str = "cpu") -> None:
-        self.module, self.device, self.meta = module.eval().to(device), torch.device(device), model_meta(module)
+    def __init__(self, module: Classifier, tta: str | None = None, device: str = "cpu",
+                 operating: dict[str, Any] | None = None) -> None:
+        self.module, self.device = module.eval().to(device), torch.device(device)
+        self.meta = {**model_meta(module), **(operating or {})}
         if tta is not None:
             tta_views(tta, self.meta["symmetry"])  # a bad value fails here, naming the choices
             module.tta = tta
@@ -97,7 +101,23 @@ def collect_inputs(inputs: str | Path | Sequence[str | Path]) -> tuple[list[Path
 
 
 # -- prediction ---------------------------------------------------------------------------------
-def _record(path: Path, probs: np.ndarray, meta: dict[str, Any], k: int, threshold: float) -> dict[str, Any]:
+def decision_threshold(meta: dict[str, Any], operating_point: str | None) -> tuple[str, float] | None:
+    """The binary operating point predict.py calls positives at: the named one, else Youden's J when eval.py
+    saved it; None for other tasks or when there is none."""
+    thresholds = meta.get("thresholds") or {}
+    if meta["task"] != "binary-class" or not thresholds:
+        if operating_point:
+            raise MedclassError(f"operating_point={operating_point}: this model has no thresholds (binary tasks; run "
+                                "eval.py on the checkpoint first, which saves them beside it)")
+        return None
+    name = operating_point or ("youden" if "youden" in thresholds else next(iter(thresholds)))
+    if name not in thresholds:
+        raise MedclassError(f"operating_point={name} is not one of this model's thresholds: {', '.join(thresholds)}")
+    return name, float(thresholds[name])
+
+
+def _record(path: Path, probs: np.ndarray, meta: dict[str, Any], k: int, threshold: float,
+            decision: tuple[str, bool] | None = None) -> dict[str, Any]:
     names = meta["class_names"]
     order = np.argsort(-probs, kind="stable")[: max(1, min(k, len(names)))]
     record: dict[str, Any] = {
@@ -109,6 +129,8 @@ def _record(path: Path, probs: np.ndarray, meta: dict[str, Any], k: int, thresho
     }
     if meta["task"] == "multi-label":  # independent labels: every one above the threshold
         record["labels"] = [n for n, p in zip(names, probs, strict=True) if p > threshold]
+    if decision is not None:  # the binary call at the deployed threshold (positive class: the second name)
+        record["decision"] = names[1] if decision[1] else names[0]
     return record
 
 
@@ -131,12 +153,17 @@ def predict_images(
     progress: bool = False,
     cam_dir: Path | None = None,
     cam_layer: str | None = None,
+    calibrated: bool = True,
+    operating_point: str | None = None,
 ) -> Predictions:
     """Class, confidence, top-k and per-class probabilities for each readable image in `paths`.
 
     `model` is a Classifier (from `medclass.checkpoint.load_classifier`), a TorchModel, or an
     OnnxModel (`medclass.export`); anything callable with a `meta` dict works. `cam_dir` saves a
-    Grad-CAM overlay per image (torch models only). Unreadable files land in `skipped`.
+    Grad-CAM overlay per image (torch models only). Unreadable files land in `skipped`. When the
+    model's `meta` carries eval.py's temperature, probabilities are calibrated (`calibrated`); when it
+    carries binary thresholds, each record gets a `decision` at `operating_point` (default Youden's J),
+    taken on the uncalibrated score the threshold was chosen on.
     """
     if batch_size < 1 or k < 1:
         raise MedclassError(f"batch_size={batch_size} and k={k} must be at least 1")
@@ -146,6 +173,8 @@ def predict_images(
     to_tensor = eval_transform(None, meta["mean"], meta["std"])  # decode_resized already sized the image
     if cam_dir is not None and not isinstance(model, TorchModel):
         raise MedclassError("Grad-CAM needs the network's gradients: predict with ckpt_path=<file.ckpt>, not ONNX")
+    temperature = meta.get("temperature") if calibrated else None
+    decision = decision_threshold(meta, operating_point)
     result, used, paths = Predictions(), set(), list(paths)
     chunks = [paths[i : i + batch_size] for i in range(0, len(paths), batch_size)]
     for chunk in track(chunks, description="predicting", transient=True, disable=not progress or len(chunks) < 2):
@@ -161,8 +190,11 @@ def predict_images(
         if not kept:
             continue
         x = torch.stack(tensors)
-        probs = model(x)
-        records = [_record(p, row, meta, k, threshold) for p, row in zip(kept, probs, strict=True)]
+        raw = model(x)
+        probs = apply_temperature(raw, meta["task"], temperature) if temperature else raw
+        records = [_record(p, row, meta, k, threshold, None if decision is None else (decision[0], float(score[1]) >=
+                                                                                      decision[1]))
+                   for p, row, score in zip(kept, probs, raw, strict=True)]
         if cam_dir is not None:
             from medclass.explain import save_cam_overlays
 
@@ -192,7 +224,8 @@ def write_outputs(out: Path, result: Predictions, meta: dict[str, Any], source: 
     out.mkdir(parents=True, exist_ok=True)
     names, multi = meta["class_names"], meta["task"] == "multi-label"
     k = max((len(r["top_k"]) for r in result.records), default=1)
-    header = ["path", "class", "confidence", *(["labels"] if multi else []),
+    decided = any("decision" in r for r in result.records)
+    header = ["path", "class", "confidence", *(["decision"] if decided else []), *(["labels"] if multi else []),
               *(f"top{i}_{c}" for i in range(1, k + 1) for c in ("class", "probability")),
               *(f"prob_{n}" for n in names), *(["cam"] if any("cam" in r for r in result.records) else [])]
     with (out / "predictions.csv").open("w", newline="") as f:
@@ -200,7 +233,8 @@ def write_outputs(out: Path, result: Predictions, meta: dict[str, Any], source: 
         writer.writerow(header)
         for r in result.records:
             top = [v for t in r["top_k"] for v in (t["class"], t["probability"])]
-            writer.writerow([r["path"], r["class"], r["confidence"], *([";".join(r["labels"])] if multi else []),
+            writer.writerow([r["path"], r["class"], r["confidence"], *([r["decision"]] if decided else []),
+                             *([";".join(r["labels"])] if multi else []),
                              *top, *[""] * (2 * k - len(top)), *r["probabilities"].values(),
                              *([r.get("cam", "")] if header[-1] == "cam" else [])])
     with (out / "skipped.csv").open("w", newline="") as f:
@@ -238,7 +272,9 @@ def load_model(cfg: DictConfig) -> TorchModel | Any:
     device = cfg.get("device") or "auto"
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    return TorchModel(load_classifier(ckpt), tta=cfg.get("tta"), device=device)
+    from medclass.eval import operating_file
+
+    return TorchModel(load_classifier(ckpt), tta=cfg.get("tta"), device=device, operating=operating_file.load(ckpt))
 
 
 def run_predict(cfg: DictConfig) -> Predictions:
@@ -248,10 +284,14 @@ def run_predict(cfg: DictConfig) -> Predictions:
     files, skipped = collect_inputs(cfg.inputs)
     result = predict_images(model, files, batch_size=cfg.batch_size, k=cfg.k, threshold=cfg.threshold,
                             progress=cfg.get("progress", True), cam_dir=out / "cam" if cfg.get("cam") else None,
-                            cam_layer=cfg.get("cam_layer"))
+                            cam_layer=cfg.get("cam_layer"), calibrated=cfg.get("calibrated", True),
+                            operating_point=cfg.get("operating_point"))
     result.skipped = skipped + result.skipped
+    decision = decision_threshold(model.meta, cfg.get("operating_point"))
     source = {"model": str(cfg.get("ckpt_path") or cfg.get("onnx_path")), "inputs": str(cfg.inputs),
-              "tta": getattr(getattr(model, "module", None), "tta", "none")}
+              "tta": getattr(getattr(model, "module", None), "tta", "none"),
+              "temperature": model.meta.get("temperature") if cfg.get("calibrated", True) else None,
+              "decision_threshold": None if decision is None else {"name": decision[0], "threshold": decision[1]}}
     write_outputs(out, result, model.meta, source)
     log_skipped(result.skipped, out / "skipped.csv")
     if not result.records:

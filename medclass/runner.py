@@ -221,10 +221,18 @@ def make_report(cfg: DictConfig, module: Classifier, datamodule: ClassificationD
     needs_val = cfg.split != "val" and (calibrate or binary)
     val = collect(module, datamodule.split_dataloader("val"), "val") if needs_val else None
     ckpt = Path(cfg.ckpt_path)
-    write_report(out, split=cfg.split, probs=probs, labels=labels, data_info=module.hparams.data_info,
-                 checkpoint=str(ckpt), medmnist=module.hparams.data_cfg["_target_"].endswith("MedMNISTDataModule"),
-                 val=val, n_bins=cfg.get("ece_bins", 15), calibrate=calibrate,
-                 run_dir=ckpt.parent.parent if ckpt.parent.name == "checkpoints" else None,
-                 bootstrap=cfg.get("bootstrap", 1000), bootstrap_seed=cfg.get("bootstrap_seed", 0),
-                 target_sensitivity=OmegaConf.select(cfg, "operating_point.sensitivity", default=0.95))
+    report = write_report(
+        out, split=cfg.split, probs=probs, labels=labels, data_info=module.hparams.data_info, checkpoint=str(ckpt),
+        medmnist=module.hparams.data_cfg["_target_"].endswith("MedMNISTDataModule"), val=val,
+        n_bins=cfg.get("ece_bins", 15), calibrate=calibrate,
+        run_dir=ckpt.parent.parent if ckpt.parent.name == "checkpoints" else None,
+        bootstrap=cfg.get("bootstrap", 1000), bootstrap_seed=cfg.get("bootstrap_seed", 0),
+        target_sensitivity=OmegaConf.select(cfg, "operating_point.sensitivity", default=0.95))
+    if val is not None:  # fitted on validation: what predict.py and export.py apply to new images
+        from medclass.eval import operating_file
+
+        thresholds = {name: p["threshold"] for name, p in report.get("operating_points", {}).items()
+                      if p["chosen_on"] == "val"}
+        operating_file.save(ckpt, report["calibration"].get("temperature"), thresholds,
+                            module.hparams.data_info.get("split_key", ""))
 

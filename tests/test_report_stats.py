@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 from pathlib import Path
 
@@ -92,3 +93,39 @@ def test_binary_report_has_intervals_and_operating_points(tmp_path: Path) -> Non
     text = (tmp_path / "report.md").read_text()
     assert "## Confidence intervals (95%, 200 bootstrap resamples" in text
     assert "## Operating points (positive class: pneumonia)" in text and "| youden = " in text
+
+
+def test_eval_saves_temperature_and_thresholds_that_predict_and_export_apply(tmp_path: Path) -> None:
+    from medclass.eval import operating_file
+    from medclass.eval.calibration import apply_temperature
+    from medclass.export import OnnxModel, run_export
+    from medclass.predict import run_predict
+    from medclass.runner import evaluate, train
+
+    from .conftest import FAST, compose_train, grey, save, write_npz
+
+    root = write_npz(tmp_path / "medmnist", "breastmnist", n=(64, 40, 40)).parent
+    metrics = train(compose_train([f"data.root={root}", "data.name=breastmnist", *FAST], tmp_path / "run"))
+    ckpt = metrics["run"]["best_checkpoint"]
+    evaluate(compose_train([f"ckpt_path={ckpt}", "bootstrap=50"], tmp_path / "eval", config_name="eval"))
+    saved = operating_file.load(ckpt)
+    assert saved["temperature"] > 0 and set(saved["thresholds"]) == {"youden", "sensitivity_0.95"}
+    assert "saved beside the checkpoint" in (tmp_path / "eval" / "report.md").read_text()
+    for i in range(6):
+        save(tmp_path / "new" / f"{i}.png", grey(60 + 25 * i, size=28, seed=i))
+    rows = {}
+    for calibrated in ("true", "false"):
+        run_predict(compose_train([f"ckpt_path={ckpt}", f"inputs={tmp_path / 'new'}", f"calibrated={calibrated}",
+                                   "operating_point=sensitivity_0.95"], tmp_path / calibrated, config_name="predict"))
+        with (tmp_path / calibrated / "predictions.csv").open() as f:
+            rows[calibrated] = {r["path"]: r for r in csv.DictReader(f)}
+    threshold = saved["thresholds"]["sensitivity_0.95"]
+    for path, raw in rows["false"].items():
+        p_raw = np.array([float(raw["prob_normal, benign"]), float(raw["prob_malignant"])][::-1])
+        calibrated = apply_temperature(p_raw[None], "binary-class", saved["temperature"])[0]
+        assert float(rows["true"][path]["prob_normal, benign"]) == pytest.approx(calibrated[1], abs=2e-6)
+        assert raw["decision"] == rows["true"][path]["decision"] == (
+            "normal, benign" if p_raw[1] >= threshold else "malignant")
+    run_export(compose_train([f"ckpt_path={ckpt}"], tmp_path / "export", config_name="export"))
+    onnx_meta = OnnxModel(tmp_path / "export" / "model.onnx").meta
+    assert onnx_meta["temperature"] == saved["temperature"] and onnx_meta["thresholds"] == saved["thresholds"]

@@ -154,6 +154,12 @@ def markdown(report: dict[str, Any], data_info: dict[str, Any]) -> str:
             lines.append(f"| {name} = {p['threshold']:.4f} | {p['chosen_on']} | {_fmt(p['sensitivity'])} | "
                          f"{_fmt(p['specificity'])} | {_fmt(p['ppv'])} | {_fmt(p['npv'])} | "
                          f"{p['tp']} / {p['fp']} / {p['fn']} / {p['tn']} |")
+    fitted = [f"temperature {cal['temperature']:.3f}"] if "temperature" in cal else []
+    fitted += [f"threshold {name} = {p['threshold']:.4f}" for name, p in report.get("operating_points", {}).items()
+               if p["chosen_on"] == "val"]
+    if fitted:
+        lines += ["", f"Fitted on validation and saved beside the checkpoint (`<checkpoint>.operating.json`), which "
+                  f"predict.py and export.py apply to new images: {', '.join(fitted)}."]
     lines += ["", "## Per class", "", "| class | precision | recall | F1 | support | AUC |",
               "|---|---|---|---|---|---|"]
     lines += [f"| {r['class']} | {_fmt(r['precision'])} | {_fmt(r['recall'])} | {_fmt(r['f1'])} | {r['support']} | "
