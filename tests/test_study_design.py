@@ -88,9 +88,9 @@ def patient_images(tmp: Path, n_patients: int = 24, per_patient: int = 3, split:
         for k in range(per_patient):
             rel = f"images/P{p:03d}_{k}.png"
             save(tmp / "study" / rel, grey(60 + 100 * (p % 2), seed=1000 * p + k))
-            rows.append({"path": rel, "label": label, "group": f"P{p:03d}",
+            rows.append({"path": rel, "label": label, "group": f"P{p:03d}", "site": f"site{p % 3}",
                          "split": ("test" if p < 4 else "") if split else ""})
-    columns = ("path", "label", "group", "split") if split else ("path", "label", "group")
+    columns = ("path", "label", "group", "site", "split") if split else ("path", "label", "group", "site")
     return write_manifest(tmp, [{c: r[c] for c in columns} for r in rows], columns)
 
 
@@ -105,6 +105,7 @@ def test_manifest_with_groups_keeps_every_patient_in_one_split(tmp_path: Path) -
     dm.write_split(tmp_path / "split.csv")
     rows = list(csv.DictReader((tmp_path / "split.csv").open()))
     assert len(rows) == 72 and all(r["path"].startswith("images/P") for r in rows)
+    assert all(r["group"] == r["path"][7:11] and r["site"] == f"site{int(r['group'][1:]) % 3}" for r in rows)
     by_patient = splits_of_groups([r["path"].split("/")[1][:4] for r in rows], [r["split"] for r in rows])
     assert all(len(s) == 1 for s in by_patient.values())
     assert dm.groups_across_splits == {"val_and_train": 0, "test_and_train": 0, "test_and_val": 0}
@@ -118,7 +119,7 @@ def test_manifest_split_column_is_respected_and_leaks_are_counted(tmp_path: Path
     dm.write_split(tmp_path / "split.csv")
     tests = {r["path"] for r in csv.DictReader((tmp_path / "split.csv").open()) if r["split"] == "test"}
     assert tests == {f"images/P{p:03d}_{k}.png" for p in range(4) for k in range(3)}
-    text = manifest.read_text().replace("images/P006_0.png,well,P006,", "images/P006_0.png,well,P006,test")
+    text = manifest.read_text().replace("images/P006_0.png,well,P006,site0,", "images/P006_0.png,well,P006,site0,test")
     manifest.write_text(text)  # one image of patient P006 in test, the others drawn: a leak the check reports
     leaky = module(tmp_path, manifest=str(manifest))
     leaky.setup()

@@ -189,21 +189,27 @@ class ClassificationDataModule(L.LightningDataModule):
         """What identifies each image of `split` in split.csv; arrays: `<split>/<index>`."""
         return [f"{split}/{i}" for i in range(len(self._labels[split]))]
 
+    def item_columns(self, item: str) -> dict[str, str]:
+        """More columns for one split.csv row (a manifest's group and extra columns); none here."""
+        return {}
+
     def write_split(self, path: Path) -> None:
         """The exact partition this run used: `path,label,split`, one row per image (multi-label: names
-        joined with `;`); folder data give paths relative to their root."""
+        joined with `;`), plus `item_columns`; folder data give paths relative to their root."""
         info = self.info
         names = info.class_names
+        rows = []
+        for split in SPLITS:
+            for item, y in zip(self.split_items(split), self._labels[split], strict=True):
+                label = (";".join(n for n, v in zip(names, y, strict=True) if v) if info.task == "multi-label"
+                         else names[int(y)])
+                rows.append({"path": item, "label": label, "split": split, **self.item_columns(item)})
+        columns = list(dict.fromkeys(k for row in rows for k in row))
         path.parent.mkdir(parents=True, exist_ok=True)
         with path.open("w", newline="") as f:
-            writer = csv.writer(f)
-            writer.writerow(["path", "label", "split"])
-            for split in SPLITS:
-                labels = self._labels[split]
-                for item, y in zip(self.split_items(split), labels, strict=True):
-                    label = (";".join(n for n, v in zip(names, y, strict=True) if v) if info.task == "multi-label"
-                             else names[int(y)])
-                    writer.writerow([item, label, split])
+            writer = csv.DictWriter(f, fieldnames=columns, restval="")
+            writer.writeheader()
+            writer.writerows(rows)
 
     # -- shared machinery ---------------------------------------------------------------------
     @property

@@ -79,6 +79,7 @@ class FolderDataModule(ClassificationDataModule):
         self._rows: list[Row] | None = None
         self.skipped: list[tuple[Path, str]] = []
         self._items: dict[str, list[str]] = {}
+        self._columns: dict[str, dict[str, str]] = {}  # per relative path: group and a manifest's extra columns
 
     # -- files, classes and splits ----------------------------------------------------------
     @property
@@ -196,6 +197,10 @@ class FolderDataModule(ClassificationDataModule):
         else:
             fractions = self.split_fractions
         groups = self._groups(train)
+        for i, path in enumerate(train.files):
+            columns = {**({"group": groups[i]} if groups else {}), **(train.extra[i] if train.extra else {})}
+            if columns:
+                self._columns[_relative(path, self.root)] = columns
         splits = assign_splits(labels, fractions, self.split_seed, groups=groups, given=train.given or None,
                                folds=self.folds, fold=self.fold)
         rows = [(_relative(p, self.root), lbl, s) for p, lbl, s in zip(train.files, train.labels, splits, strict=True)]
@@ -244,6 +249,9 @@ class FolderDataModule(ClassificationDataModule):
 
     def split_items(self, split: str) -> list[str]:
         return self._items[split]
+
+    def item_columns(self, item: str) -> dict[str, str]:
+        return self._columns.get(item, {})
 
     def load_splits(self) -> dict[str, tuple[np.ndarray, np.ndarray]]:
         rows = self.rows()

@@ -3,7 +3,8 @@
 Everything after reading the list is the folder pipeline's (decode once, cache, bad files reported,
 augmentation, keyed splits): a manifest is a file list with labels, optionally with a patient or
 study id per image (`group`: splits never divide a group) and a fixed split per image (`split`:
-train, val or test, kept as given; empty cells are drawn).
+train, val or test, kept as given; empty cells are drawn). Other columns (age, site, view, ...) are
+carried into the run's split.csv beside each image.
 """
 
 from __future__ import annotations
@@ -75,6 +76,9 @@ class ManifestDataModule(FolderDataModule):
                 scan.groups.append(group)
             if "split" in columns:
                 scan.given.append((record.get("split") or "").strip().lower())
+            extra = {c: record.get(c) or "" for c in columns if c not in (*REQUIRED, "split", group_column)}
+            if extra:
+                scan.extra.append(extra)
         if len(set(scan.labels)) < 2:
             raise MedclassError(f"{self.manifest} lists {len(set(scan.labels))} class(es) among its readable "
                                 "images; a classifier needs at least 2")

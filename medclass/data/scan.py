@@ -25,10 +25,11 @@ class Scan:
     skipped: list[tuple[Path, str]] = field(default_factory=list)
     groups: list[str] = field(default_factory=list)  # patient / study per file, when known (manifests)
     given: list[str] = field(default_factory=list)  # a split per file fixed by the user (manifests), or ""
+    extra: list[dict[str, str]] = field(default_factory=list)  # a manifest's other columns, per file
 
     def keep(self, index: list[int]) -> None:
         """Keep only the files at `index` (in every per-file list)."""
-        for name in ("files", "labels", "digests", "groups", "given"):
+        for name in ("files", "labels", "digests", "groups", "given", "extra"):
             values = getattr(self, name)
             if values:
                 setattr(self, name, [values[i] for i in index])
