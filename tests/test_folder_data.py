@@ -201,26 +201,21 @@ def test_dicom_rescale_and_monochrome1(tmp_path: Path) -> None:
     assert np.array_equal(read_image(inverted_path), 255 - plain)
 
 
-def test_train_and_eval_on_a_folder_tree(tmp_path: Path) -> None:
-    """train.py and eval.py end to end on folder data; class names travel with the checkpoint."""
-    import json
-
+def test_train_and_eval_on_a_folder_tree(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Training and evaluation end to end on folder data (in-process: the command line is tested on MedMNIST);
+    class names travel with the checkpoint."""
     import torch
 
-    from .conftest import FAST, run_script
+    from medclass.runner import evaluate, train
+
+    from .conftest import FAST, compose_train
 
     root = messy_tree(tmp_path / "data")
-    logs = tmp_path / "logs"
-    args = ["data=folder", f"data.root={root}", "data.image_size=16", f"paths.log_dir={logs}", *FAST]
-    proc = run_script("train.py", *args, f"hydra.run.dir={tmp_path / 'run'}")
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "skipped 10 files" in proc.stdout + proc.stderr
-    assert len(list((logs / "splits").glob("data-*.csv"))) == 1 and list((logs / "cache").glob("*.npz"))
-    ckpt = next((tmp_path / "run" / "checkpoints").glob("best-*.ckpt"))
+    run = tmp_path / "run"  # compose_train puts the split and cache folders under it too
+    trained = train(compose_train(["data=folder", f"data.root={root}", "data.image_size=16", *FAST], run))
+    assert "skipped 10 files" in caplog.text
+    assert len(list((run / "splits").glob("data-*.csv"))) == 1 and list((run / "cache").glob("*.npz"))
+    ckpt = next((run / "checkpoints").glob("best-*.ckpt"))
     assert torch.load(ckpt, weights_only=True)["hyper_parameters"]["data_info"]["class_names"] == ["a", "b"]
-    proc = run_script("eval.py", f"ckpt_path={ckpt}", f"hydra.run.dir={tmp_path / 'eval'}",
-                      "trainer.limit_test_batches=2")
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    evaluated = json.loads((tmp_path / "eval" / "metrics.json").read_text())["test"]["test/acc"]
-    trained = json.loads((tmp_path / "run" / "metrics.json").read_text())["test"]["test/acc"]
-    assert evaluated == pytest.approx(trained, abs=1e-6)
+    evaluated = evaluate(compose_train([f"ckpt_path={ckpt}", "report=false"], tmp_path / "eval", config_name="eval"))
+    assert evaluated["test"]["test/acc"] == pytest.approx(trained["test"]["test/acc"], abs=1e-6)

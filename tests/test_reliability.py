@@ -91,25 +91,27 @@ def test_killed_and_resumed_run_ends_where_the_uninterrupted_one_does(runs: dict
 
 
 def test_a_folder_with_checkpoints_is_not_overwritten(runs: dict[str, Path]) -> None:
+    from medclass.runner import train
+
     before = {p: p.read_bytes() for p in runs["a"].rglob("*") if p.is_file() and p.suffix in (".ckpt", ".json")}
-    proc = run_script("train.py", *deterministic_run(runs["a"].parent / "data"), f"hydra.run.dir={runs['a']}")
-    assert proc.returncode == 2 and "already holds the checkpoints of an earlier run; add ckpt_path=last" in proc.stderr
+    with pytest.raises(MedclassError, match="already holds the checkpoints of an earlier run; add ckpt_path=last"):
+        train(compose_train(deterministic_run(runs["a"].parent / "data"), runs["a"]))
     assert {p: p.read_bytes() for p in before} == before
 
 
-def test_metrics_count_exact_copies_across_splits(tmp_path: Path) -> None:
+def test_metrics_count_exact_copies_across_splits(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     import numpy as np
+
+    from medclass.runner import train
 
     path = write_npz(tmp_path, "breastmnist", n=(40, 10, 10))
     arrays = dict(np.load(path))
     arrays["test_images"][:3] = arrays["train_images"][:3]  # three leaked test images
     np.savez(path, **arrays)
-    proc = run_script("train.py", "data.name=breastmnist", f"data.root={tmp_path}", f"hydra.run.dir={tmp_path / 'r'}",
-                      *FAST)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    train(compose_train(["data.name=breastmnist", f"data.root={tmp_path}", *FAST], tmp_path / "r"))
     counts = json.loads((tmp_path / "r" / "metrics.json").read_text())["data"]["cross_split_duplicates"]
     assert counts == {"val_in_train": 0, "test_in_train": 3, "test_in_val": 0}
-    assert "3 test in train" in (tmp_path / "r" / "train.log").read_text()
+    assert "3 test in train" in caplog.text
 
 
 def test_malicious_checkpoint_is_refused_without_running_it(tmp_path: Path) -> None:

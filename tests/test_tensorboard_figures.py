@@ -14,7 +14,7 @@ from medclass.callbacks import ConfusionMatrixImage, WorstMistakes
 from medclass.callbacks.figures import image_grid, to_rgb
 from medclass.eval.figures import confusion_figure
 
-from .conftest import FAST, run_script, write_npz
+from .conftest import FAST, write_npz
 
 EPOCHS = 2
 
@@ -45,10 +45,12 @@ def test_worst_mistakes_at_test_time(events: EventAccumulator) -> None:
 
 def test_csv_logger_run_draws_nothing_and_succeeds(tmp_path: Path) -> None:
     root = write_npz(tmp_path / "medmnist", "breastmnist").parent  # grey, binary
+    from medclass.runner import train
+
+    from .conftest import compose_train
+
     out = tmp_path / "run"
-    proc = run_script("train.py", f"data.root={root}", "data.name=breastmnist", f"hydra.run.dir={out}",
-                      "logger=csv", *FAST)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    train(compose_train([f"data.root={root}", "data.name=breastmnist", "logger=csv", *FAST], out))
     assert (out / "metrics.json").is_file() and not (out / "tensorboard").exists()
 
 

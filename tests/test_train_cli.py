@@ -59,18 +59,27 @@ def test_eval_reproduces_test_accuracy(trained_run: Path, tmp_path: Path) -> Non
 
 def test_eval_other_split_and_missing_checkpoint(trained_run: Path, tmp_path: Path) -> None:
     ckpt = next((trained_run / "checkpoints").glob("best-*.ckpt"))
-    proc = run_script("eval.py", f"ckpt_path={ckpt}", "split=val", f"hydra.run.dir={tmp_path / 'v'}",
-                      "trainer.enable_progress_bar=false")
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    from medclass.errors import MedclassError
+    from medclass.runner import evaluate
+
+    from .conftest import compose_train
+
+    evaluate(compose_train([f"ckpt_path={ckpt}", "split=val", "report=false"], tmp_path / "v", config_name="eval"))
     assert "val/acc" in json.loads((tmp_path / "v" / "metrics.json").read_text())["val"]
-    proc = run_script("eval.py", f"ckpt_path={tmp_path / 'nope.ckpt'}", f"hydra.run.dir={tmp_path / 'n'}")
-    assert proc.returncode == 2 and "nope.ckpt does not exist" in proc.stderr and "Traceback" not in proc.stderr
+    with pytest.raises(MedclassError, match="nope.ckpt does not exist"):
+        evaluate(compose_train([f"ckpt_path={tmp_path / 'nope.ckpt'}"], tmp_path / "n", config_name="eval"))
 
 
-def test_user_error_is_one_line_without_traceback(tmp_path: Path) -> None:
-    proc = run_script("train.py", "data.name=bloodmnst", f"hydra.run.dir={tmp_path}", *FAST)
-    assert proc.returncode == 2
-    assert "error: unknown MedMNIST set data.name='bloodmnst'" in proc.stderr and "Traceback" not in proc.stderr
+def test_unknown_medmnist_set_is_a_user_error_naming_it(tmp_path: Path) -> None:
+    """In-process: the command line's one-line handling of user errors is tested in test_reliability."""
+    from medclass.cli import find_user_error
+    from medclass.runner import train
+
+    from .conftest import compose_train
+
+    with pytest.raises(Exception) as raised:
+        train(compose_train(["data.name=bloodmnst", *FAST], tmp_path))
+    assert "unknown MedMNIST set data.name='bloodmnst'" in str(find_user_error(raised.value))
 
 
 def test_missing_data_offline_exits_with_the_message(tmp_path: Path) -> None:
