@@ -90,7 +90,7 @@ class FolderDataModule(ClassificationDataModule):
         """A row's file: test rows live under test_root when there is one, every other row under root."""
         return (self.test_root if self.test_root and row[2] == "test" else self.root) / row[0]
 
-    def _key(self, scans: dict[str, Scan]) -> str:
+    def _key(self, scans: dict[str, Scan], groups: dict[str, list[str] | None]) -> str:
         """Everything that decides the split, hashed: the files with their labels, groups and given splits,
         fractions, seeds, folds, class map."""
         spec: dict[str, Any] = {
@@ -100,8 +100,8 @@ class FolderDataModule(ClassificationDataModule):
             "fractions": [float(f) for f in self.split_fractions], "split_seed": int(self.split_seed),
             "class_map": dict(sorted(self.class_map.items())), "test_root": self.test_root is not None,
         }
-        if self.group_by or any(scan.groups for scan in scans.values()):  # absent: keys of earlier runs hold
-            spec["groups"] = {name: self._groups(scan, name) for name, scan in scans.items()}
+        if groups:  # absent: keys of earlier runs hold
+            spec["groups"] = groups
         if any(scan.given for scan in scans.values()):
             spec["given"] = {name: scan.given for name, scan in scans.items()}
         if self.folds:
@@ -146,8 +146,10 @@ class FolderDataModule(ClassificationDataModule):
         if self._rows is not None:
             return self._rows
         scans = self.collect()
-        self.split_key = self._key(scans)
-        rows = self._make_rows(scans)
+        groups = {name: self._groups(scan, name) for name, scan in scans.items()}  # once: a regex over every path
+        groups = groups if any(g is not None for g in groups.values()) else {}
+        self.split_key = self._key(scans, groups)
+        rows = self._make_rows(scans, groups)
         if self.split_file.is_file():
             saved = read_rows(self.split_file)
             if sorted(saved) != sorted(rows):
@@ -188,7 +190,7 @@ class FolderDataModule(ClassificationDataModule):
             train.skipped.append((train.files[i], f"test-split copy of {test_path}"))
         train.keep(keep)
 
-    def _make_rows(self, scans: dict[str, Scan]) -> list[Row]:
+    def _make_rows(self, scans: dict[str, Scan], all_groups: dict[str, list[str] | None]) -> list[Row]:
         train = scans["train"]
         labels = [self._class(lbl) for lbl in train.labels]
         if self.test_root:
@@ -196,7 +198,7 @@ class FolderDataModule(ClassificationDataModule):
             fractions = (a / (a + b), b / (a + b), 0.0)
         else:
             fractions = self.split_fractions
-        groups = self._groups(train)
+        groups = all_groups.get("train")
         for i, path in enumerate(train.files):
             columns = {**({"group": groups[i]} if groups else {}), **(train.extra[i] if train.extra else {})}
             if columns:
@@ -209,7 +211,7 @@ class FolderDataModule(ClassificationDataModule):
             rows += [(_relative(p, self.test_root), lbl, "test")
                      for p, lbl in zip(scans["test"].files, scans["test"].labels, strict=True)]
             if groups is not None:
-                groups = groups + (self._groups(scans["test"], "test") or [])
+                groups = groups + (all_groups.get("test") or [])
         if groups is not None:
             self._check_groups(groups, [r[2] for r in rows])
         return rows

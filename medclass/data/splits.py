@@ -101,11 +101,6 @@ def assign_splits(
     return split
 
 
-def stratified_splits(labels: Sequence[str], fractions: Sequence[float], seed: int) -> list[str]:
-    """One split name per item: train/val/test in the given fractions, every class in every split."""
-    return assign_splits(labels, fractions, seed)
-
-
 def groups_across_splits(groups: Sequence[str], splits: Sequence[str]) -> dict[str, int]:
     """How many groups (patients) have images in two splits: `{"val_and_train": 0, ...}`; leakage by patient."""
     seen: dict[str, set[str]] = {}
