@@ -60,43 +60,53 @@ def _confusion_scores(confusion: np.ndarray) -> dict[str, float]:
             "f1_macro": float(f1.mean())}
 
 
-def metric_values(probs: np.ndarray, labels: np.ndarray, task: str, weights: np.ndarray,
-                  ranked: list[_RankedScores] | None = None) -> dict[str, float]:
+class _Scorer:
+    """Everything that does not depend on the weights, prepared once: predictions, confusion cell of each
+    image (single-label) or its label masks (multi-label), and the sorted scores of every class."""
+
+    def __init__(self, probs: np.ndarray, labels: np.ndarray, task: str) -> None:
+        n, self.k = probs.shape
+        self.task = task
+        pred = predictions(probs, task)
+        if task == "multi-label":
+            y, p = labels.reshape(n, -1).astype(bool), pred.astype(bool)
+            self.masks = [p & y, p & ~y, ~p & y, ~p & ~y]  # tp, fp, fn, tn per image and label
+            onehot = y
+        else:
+            y = labels.reshape(-1).astype(int)
+            self.cell = y * self.k + pred
+            onehot = np.eye(self.k, dtype=bool)[y]
+        self.ranked = [_RankedScores(probs[:, i], onehot[:, i]) for i in range(self.k)]
+        self.classes = range(1, 2) if task == "binary-class" else range(self.k)  # binary: one curve, as sklearn
+
+    def values(self, weights: np.ndarray) -> dict[str, float]:
+        """The METRICS with each image counted `weights[i]` times."""
+        if self.task == "multi-label":
+            values = _binary_scores(*((m * weights[:, None]).sum(0) for m in self.masks))
+        else:
+            confusion = np.bincount(self.cell, weights=weights, minlength=self.k * self.k).reshape(self.k, self.k)
+            values = _confusion_scores(confusion)
+        aucs = [self.ranked[i].auc(weights) for i in self.classes]
+        values["auc_macro_ovr"] = float(np.nanmean(aucs)) if not np.all(np.isnan(aucs)) else float("nan")
+        return values
+
+
+def metric_values(probs: np.ndarray, labels: np.ndarray, task: str, weights: np.ndarray) -> dict[str, float]:
     """The METRICS of the data with each image counted `weights[i]` times."""
-    k = probs.shape[1]
-    pred = predictions(probs, task)
-    if task == "multi-label":
-        y = labels.reshape(len(labels), -1).astype(bool)
-        p = pred.astype(bool)
-        w = weights[:, None]
-        values = _binary_scores(((p & y) * w).sum(0), ((p & ~y) * w).sum(0), ((~p & y) * w).sum(0),
-                                ((~p & ~y) * w).sum(0))
-        onehot = y
-    else:
-        y = labels.reshape(-1).astype(int)
-        confusion = np.bincount(y * k + pred, weights=weights, minlength=k * k).reshape(k, k)
-        values = _confusion_scores(confusion)
-        onehot = np.eye(k, dtype=bool)[y]
-    ranked = ranked or [_RankedScores(probs[:, i], onehot[:, i]) for i in range(k)]
-    classes = range(1, 2) if task == "binary-class" else range(k)  # binary: one curve, as sklearn scores it
-    aucs = [ranked[i].auc(weights) for i in classes]
-    values["auc_macro_ovr"] = float(np.nanmean(aucs)) if not np.all(np.isnan(aucs)) else float("nan")
-    return values
+    return _Scorer(probs, labels, task).values(weights)
 
 
 def bootstrap_ci(probs: np.ndarray, labels: np.ndarray, task: str, n_resamples: int = 1000, seed: int = 0,
                  level: float = 0.95) -> dict[str, Any]:
     """{metric: {"estimate", "low", "high"}} plus the settings; percentile intervals over resampled images."""
-    n, k = probs.shape
-    onehot = (labels.reshape(n, -1).astype(bool) if task == "multi-label"
-              else np.eye(k, dtype=bool)[labels.reshape(-1).astype(int)])
-    ranked = [_RankedScores(probs[:, i], onehot[:, i]) for i in range(k)]
-    estimate = metric_values(probs, labels, task, np.ones(n), ranked)
+    n = len(probs)
+    scorer = _Scorer(probs, labels, task)
+    estimate = scorer.values(np.ones(n))
     rng = np.random.default_rng(seed)
     draws = {m: np.empty(n_resamples) for m in METRICS}
     for b in range(n_resamples):
         weights = np.bincount(rng.integers(0, n, n), minlength=n).astype(float)
-        for m, v in metric_values(probs, labels, task, weights, ranked).items():
+        for m, v in scorer.values(weights).items():
             draws[m][b] = v
     tail = (1 - level) / 2 * 100
     out: dict[str, Any] = {"resamples": n_resamples, "seed": seed, "level": level, "method": "percentile"}
