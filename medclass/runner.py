@@ -80,7 +80,7 @@ def check_resume_checkpoint(cfg: DictConfig) -> None:
     if cfg.ckpt_path == "last":
         path = Path(str(OmegaConf.select(cfg, "callbacks.model_checkpoint.dirpath") or "")) / "last.ckpt"
         if not path.is_file():
-            return  # Lightning starts afresh (README "Reliability")
+            return  # Lightning starts afresh (docs/reliability.md)
     read_hparams(path)
 
 
@@ -90,7 +90,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     refuse_to_overwrite(cfg)
     check_resume_checkpoint(cfg)
     out.mkdir(parents=True, exist_ok=True)
-    zero = rank_zero_only.rank == 0  # DDP: ranks > 0 run this too (README "DDP"); only rank 0 writes and logs
+    zero = rank_zero_only.rank == 0  # DDP: ranks > 0 run this too (docs/sweeps.md "DDP"); only rank 0 writes and logs
     if zero:
         OmegaConf.save(cfg, out / "config.yaml", resolve=True)
     else:
