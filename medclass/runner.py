@@ -212,7 +212,7 @@ def make_report(cfg: DictConfig, module: Classifier, datamodule: ClassificationD
                 device: torch.device, probs: np.ndarray, labels: np.ndarray) -> None:
     """report.json, per_class.csv, figures and report.md from the test pass's probabilities; the
     temperature is fitted on validation only (one more pass, over val)."""
-    from medclass.eval.report import collect, write_report
+    from medclass.eval.report import collect, write_predictions, write_report
 
     module.to(device)
     calibrate = cfg.get("calibrate", True)
@@ -228,6 +228,8 @@ def make_report(cfg: DictConfig, module: Classifier, datamodule: ClassificationD
         run_dir=ckpt.parent.parent if ckpt.parent.name == "checkpoints" else None,
         bootstrap=cfg.get("bootstrap", 1000), bootstrap_seed=cfg.get("bootstrap_seed", 0),
         target_sensitivity=OmegaConf.select(cfg, "operating_point.sensitivity", default=0.95))
+    write_predictions(out / "predictions.csv", datamodule.split_items(cfg.split), datamodule.item_columns, probs,
+                      labels, module.hparams.data_info)
     if val is not None:  # fitted on validation: what predict.py and export.py apply to new images
         from medclass.eval import operating_file
 

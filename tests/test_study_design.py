@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 
 from medclass.data import FolderDataModule, ManifestDataModule
-from medclass.data.splits import assign_splits
+from medclass.data.splits import assign_splits, multilabel_strata
 from medclass.errors import MedclassError
 from medclass.gather import load_runs, summarize, to_markdown
-from medclass.runner import train
+from medclass.runner import evaluate, train
 
 from .conftest import FAST, compose_train, grey, save
 
@@ -129,7 +129,7 @@ def test_manifest_split_column_is_respected_and_leaks_are_counted(tmp_path: Path
 @pytest.mark.parametrize(("fault", "message"), [
     ("no_label_column", "has no column label"),
     ("missing_group", "empty 'group'"),
-    ("multi_label", "multi-label rows"),
+    ("empty_label", "no label for 'b.png'"),
 ])
 def test_bad_manifests_name_the_file_and_line(tmp_path: Path, fault: str, message: str) -> None:
     rows = [{"path": "a.png", "label": "x", "group": "P1"}, {"path": "b.png", "label": "y", "group": "P2"}]
@@ -141,7 +141,7 @@ def test_bad_manifests_name_the_file_and_line(tmp_path: Path, fault: str, messag
     elif fault == "missing_group":
         rows[1]["group"] = ""
     else:
-        rows[1]["label"] = "x;y"
+        rows[1]["label"] = ""
     path = write_manifest(tmp_path, [{c: r[c] for c in columns} for r in rows], columns)
     with pytest.raises(MedclassError, match=message):
         module(tmp_path, manifest=str(path)).setup()
@@ -182,3 +182,59 @@ def test_a_five_fold_sweep_gathers_into_one_row_over_folds(tmp_path: Path) -> No
     rows = summarize(load_runs(tmp_path / "sweep"))
     assert len(rows) == 1 and rows[0]["runs"] == 3 and rows[0]["over"] == "3 folds"
     assert "| data=manifest data.folds=3 | 3 | 3 folds |" in to_markdown(rows)
+
+
+def findings_manifest(tmp: Path, n_patients: int = 30) -> Path:
+    """Multi-label rows: effusion (odd patients), nodule (every third), both, or none (an empty label)."""
+    rows = []
+    for p in range(n_patients):
+        names = [n for n, present in (("nodule", p % 3 == 0), ("effusion", p % 2 == 1)) if present]
+        for k in range(2):
+            rel = f"img/P{p:02d}_{k}.png"
+            save(tmp / "study" / rel, grey(40 + 60 * (p % 2) + 50 * (p % 3 == 0), seed=100 * p + k))
+            rows.append({"path": rel, "label": ";".join(names), "group": f"P{p:02d}", "site": f"s{p % 2}"})
+    return write_manifest(tmp, rows, ("path", "label", "group", "site"))
+
+
+def test_multilabel_strata_spread_rare_findings_and_pool_singletons() -> None:
+    # a: 5 rows, b: 2, c: 1. Each row is stratified by its rarest finding; c's stratum of one joins the largest
+    labels = ["a;b", "a", "a", "a", "b", "", "", "c;a"]
+    assert multilabel_strata(labels) == ["b", "a", "a", "a", "b", "", "", "a"]
+
+
+def test_multilabel_manifest_trains_and_eval_writes_predictions_with_its_columns(tmp_path: Path) -> None:
+    manifest = findings_manifest(tmp_path)
+    with pytest.raises(MedclassError, match="no label for"):  # an empty label needs multi_label=true
+        module(tmp_path, manifest=str(manifest)).setup()
+    labelled = manifest.with_name("labelled.csv")  # the same rows without the empty labels
+    labelled.write_text("".join(line for line in manifest.open() if ".png,," not in line))
+    with pytest.raises(MedclassError, match="line 6: 'nodule;effusion' names several classes but data.multi_label"):
+        module(tmp_path, manifest=str(labelled), multi_label=False).setup()
+    dm = module(tmp_path, manifest=str(manifest), multi_label=True, split_fractions=(0.6, 0.2, 0.2))
+    dm.setup()
+    assert dm.info.task == "multi-label" and dm.info.class_names == ["effusion", "nodule"]
+    given = {r["path"]: r["label"] for r in csv.DictReader(manifest.open())}
+    for split in ("train", "val", "test"):
+        for item, y in zip(dm.split_items(split), dm._labels[split], strict=True):
+            truth = given[item].split(";") if given[item] else []
+            assert y.tolist() == [float("effusion" in truth), float("nodule" in truth)]
+    dm.write_split(tmp_path / "split.csv")
+    rows = list(csv.DictReader((tmp_path / "split.csv").open()))
+    assert all(r["label"] == ";".join(sorted(given[r["path"]].split(";"))) for r in rows if given[r["path"]])
+    assert all(len(s) == 1 for s in splits_of_groups([r["group"] for r in rows], [r["split"] for r in rows]).values())
+    assert {"effusion", "nodule", ""} <= {r["label"] for r in rows if r["split"] == "test"}  # rare ones reach test
+
+    run = tmp_path / "run"
+    metrics = train(compose_train(["data=manifest", f"data.manifest={manifest}", "data.multi_label=true",
+                                   "data.image_size=16", *FAST, *QUIET], run))
+    assert metrics["test"]["test/auc"] >= 0
+    evaluate(compose_train([f"ckpt_path={metrics['run']['best_checkpoint']}", "bootstrap=0"], tmp_path / "eval",
+                           config_name="eval"))
+    scored = list(csv.DictReader((tmp_path / "eval" / "predictions.csv").open()))
+    tests = [r for r in csv.DictReader((run / "split.csv").open()) if r["split"] == "test"]
+    assert [r["path"] for r in scored] == [r["path"] for r in tests]  # every test image, in the split's order
+    for row, truth in zip(scored, tests, strict=True):
+        assert row["label"] == truth["label"] and row["group"] == truth["group"] and row["site"] == truth["site"]
+        probs = {"effusion": float(row["prob_effusion"]), "nodule": float(row["prob_nodule"])}
+        assert row["predicted"] == ";".join(n for n, p in probs.items() if p > 0.5)
+        assert row["correct"] == str(int(row["predicted"] == row["label"]))

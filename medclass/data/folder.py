@@ -141,6 +141,15 @@ class FolderDataModule(ClassificationDataModule):
     def _class(self, folder: str) -> str:
         return self.class_map.get(folder, folder)
 
+    def strata(self, labels: list[str]) -> list[str]:
+        """What the split is stratified by, per file: its class."""
+        return [self._class(label) for label in labels]
+
+    def targets(self, labels: list[str]) -> np.ndarray:
+        """The label array of a split: one class index per file."""
+        index = {name: i for i, name in enumerate(self.class_names())}
+        return np.array([[index[self._class(label)]] for label in labels], np.int64).reshape(-1, 1)
+
     def rows(self) -> list[Row]:
         """(path, folder label, split) for every usable file; made once, then read from split_file."""
         if self._rows is not None:
@@ -192,7 +201,7 @@ class FolderDataModule(ClassificationDataModule):
 
     def _make_rows(self, scans: dict[str, Scan], all_groups: dict[str, list[str] | None]) -> list[Row]:
         train = scans["train"]
-        labels = [self._class(lbl) for lbl in train.labels]
+        labels = self.strata(train.labels)
         if self.test_root:
             a, b = self.split_fractions[:2]
             fractions = (a / (a + b), b / (a + b), 0.0)
@@ -263,7 +272,6 @@ class FolderDataModule(ClassificationDataModule):
         self.skipped += [(p, "unreadable image (see the first run's log)") for p, k in zip(paths, keep, strict=True)
                          if not k and p not in reported]
         self._report_skipped()
-        index = {name: i for i, name in enumerate(self.class_names())}
         out = {}
         for split in SPLITS:
             sel = [i for i, r in enumerate(rows) if r[2] == split and keep[i]]
@@ -271,8 +279,7 @@ class FolderDataModule(ClassificationDataModule):
                 raise MedclassError(
                     f"the {split} split of {self.root} is empty; add images or change data.split_fractions"
                 )
-            labels = np.array([[index[self._class(rows[i][1])]] for i in sel], np.int64)
-            out[split] = (images[sel], labels)
+            out[split] = (images[sel], self.targets([rows[i][1] for i in sel]))
             self._items[split] = [rows[i][0] for i in sel]
         return out
 

@@ -1,5 +1,9 @@
 """Images listed in a CSV (`data=manifest`): `path,label[,group][,split]`, as hospital exports come.
 
+A label is a class name, or for multi-label data several names joined with `;` (`effusion;nodule`);
+with `multi_label=true` an empty label means "none of them". Multi-label splits are stratified by
+each image's rarest finding, so rare findings reach every split.
+
 Everything after reading the list is the folder pipeline's (decode once, cache, bad files reported,
 augmentation, keyed splits): a manifest is a file list with labels, optionally with a patient or
 study id per image (`group`: splits never divide a group) and a fixed split per image (`split`:
@@ -13,8 +17,12 @@ import csv
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
+from medclass.data.base import DataInfo
 from medclass.data.folder import FolderDataModule
 from medclass.data.scan import Scan, file_digest, reason_to_skip
+from medclass.data.splits import multilabel_strata
 from medclass.errors import MedclassError
 
 REQUIRED = ("path", "label")
@@ -25,12 +33,24 @@ class ManifestDataModule(FolderDataModule):
     (default `group` when the CSV has one) or is a regex on the path."""
 
     def __init__(self, manifest: str, name: str | None = None, root: str | None = None, test_root: str | None = None,
-                 **kwargs: Any) -> None:
+                 multi_label: bool | None = None, **kwargs: Any) -> None:
         if root or test_root:
             raise MedclassError("data=manifest takes its images from data.manifest (paths relative to the CSV's "
                                 "folder); leave data.root and data.test_root null, or give a `split` column")
         self.manifest = Path(manifest).expanduser()
+        self.multi_label = multi_label  # None: multi-label when some row names several classes
         super().__init__(root=str(self.manifest.parent), name=name or self.manifest.stem, **kwargs)
+
+    def _label(self, raw: str, line: int, path: str) -> str:
+        """A row's label, multi-label names deduplicated and sorted (`b;a` and `a;b` are one label)."""
+        names = sorted({name.strip() for name in raw.split(";") if name.strip()})
+        if len(names) > 1 and self.multi_label is False:
+            raise MedclassError(f"{self.manifest} line {line}: {raw!r} names several classes but "
+                                "data.multi_label=false; give one class per row or set data.multi_label=true")
+        if not names and not self.multi_label:
+            raise MedclassError(f"{self.manifest} line {line}: no label for {path!r} (for multi-label data with "
+                                "images showing none of the classes, set data.multi_label=true)")
+        return ";".join(names)
 
     def collect(self) -> dict[str, Scan]:
         if not self.manifest.is_file():
@@ -48,13 +68,8 @@ class ManifestDataModule(FolderDataModule):
                                                                         not self.group_by else None)
         scan, seen = Scan(), {}
         for line, record in enumerate(records, start=2):
-            label = (record.get("label") or "").strip()
+            label = self._label(record.get("label") or "", line, record.get("path") or "")
             path = self.root / (record.get("path") or "").strip()
-            if not label:
-                raise MedclassError(f"{self.manifest} line {line}: no label for {record.get('path')!r}")
-            if ";" in label:
-                raise MedclassError(f"{self.manifest} line {line}: multi-label rows ({label!r}) are not supported "
-                                    "yet; give one class name per row")
             reason = "missing file" if not path.is_file() else reason_to_skip(path, self.root)
             if reason is None:
                 digest = file_digest(path)
@@ -79,10 +94,43 @@ class ManifestDataModule(FolderDataModule):
             extra = {c: record.get(c) or "" for c in columns if c not in (*REQUIRED, "split", group_column)}
             if extra:
                 scan.extra.append(extra)
-        if len(set(scan.labels)) < 2:
-            raise MedclassError(f"{self.manifest} lists {len(set(scan.labels))} class(es) among its readable "
+        if self.multi_label is None:
+            self.multi_label = any(";" in label for label in scan.labels)
+        classes = {name for label in scan.labels for name in label.split(";") if name}
+        if len(classes) < 2:
+            raise MedclassError(f"{self.manifest} lists {len(classes)} class(es) among its readable "
                                 "images; a classifier needs at least 2")
         if self.group_by and group_column is None and self.group_by.isidentifier():  # else: a regex on the path
             raise MedclassError(f"data.group_by={self.group_by!r} is not a column of {self.manifest} "
                                 f"(columns: {', '.join(columns)}) nor a regex with a special character")
         return {"train": scan}
+
+    # -- multi-label: a label is a set of class names --------------------------------------------
+    def _names(self, label: str) -> list[str]:
+        return [self._class(name) for name in label.split(";") if name]
+
+    def strata(self, labels: list[str]) -> list[str]:
+        if not self.multi_label:
+            return super().strata(labels)
+        return multilabel_strata([";".join(self._names(label)) for label in labels])
+
+    def targets(self, labels: list[str]) -> np.ndarray:
+        if not self.multi_label:
+            return super().targets(labels)
+        index = {name: i for i, name in enumerate(self.class_names())}
+        hot = np.zeros((len(labels), len(index)), np.int64)
+        for row, label in enumerate(labels):
+            hot[row, [index[name] for name in self._names(label)]] = 1
+        return hot
+
+    def class_names(self) -> list[str]:
+        rows = self.rows()  # reads the CSV, which decides multi_label when it is None
+        if not self.multi_label:
+            return super().class_names()
+        return sorted({name for row in rows for name in self._names(row[1])})
+
+    def describe(self) -> DataInfo:
+        info = super().describe()
+        if self.multi_label:
+            info.task = "multi-label"
+        return info

@@ -9,6 +9,7 @@ cross-validation. With groups, a fraction is met as closely as whole groups allo
 from __future__ import annotations
 
 import csv
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -99,6 +100,18 @@ def assign_splits(
     for i in undecided:
         split[i] = "train"
     return split
+
+
+def multilabel_strata(labels: Sequence[str], min_count: int = 2) -> list[str]:
+    """A stratum per multi-label item (`"a;b"`, or `""` for none), for sklearn's single-label stratifiers:
+    the item's rarest label, so rare findings spread over every split; strata smaller than `min_count`
+    are pooled into the largest one (sklearn cannot stratify a stratum of one)."""
+    sets = [[name for name in label.split(";") if name] for label in labels]
+    counts = Counter(name for names in sets for name in names)
+    strata = [min(names, key=lambda name: (counts[name], name)) if names else "" for names in sets]
+    sizes = Counter(strata)
+    largest = sizes.most_common(1)[0][0]
+    return [s if sizes[s] >= min_count else largest for s in strata]
 
 
 def groups_across_splits(groups: Sequence[str], splits: Sequence[str]) -> dict[str, int]:

@@ -10,6 +10,7 @@ import csv
 import json
 import logging
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import lightning as L
@@ -110,6 +111,29 @@ def _save_figures(out: Path, figs: dict[str, Figure], split: str) -> None:
 def _write_per_class(path: Path, rows: list[dict[str, Any]]) -> None:
     with open(path, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def write_predictions(path: Path, items: list[str], columns_of: Callable[[str], dict[str, str]], probs: np.ndarray,
+                      labels: np.ndarray, data_info: dict[str, Any]) -> None:
+    """One row per scored image: its path, true and predicted label, probabilities, and the data's own
+    columns (a manifest's group, site, age, ...), for error analysis by subgroup."""
+    names, multi = list(data_info["class_names"]), data_info["task"] == "multi-label"
+    rows = []
+    for item, p, y in zip(items, probs, labels, strict=True):
+        if multi:
+            true = ";".join(n for n, v in zip(names, y, strict=True) if v)
+            row = {"path": item, "label": true,
+                   "predicted": ";".join(n for n, q in zip(names, p, strict=True) if q > 0.5)}
+        else:
+            row = {"path": item, "label": names[int(y)], "predicted": names[int(p.argmax())],
+                   "confidence": round(float(p.max()), 6)}
+        row["correct"] = int(row["predicted"] == row["label"])
+        rows.append({**row, **{f"prob_{n}": round(float(q), 6) for n, q in zip(names, p, strict=True)},
+                     **columns_of(item)})
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(dict.fromkeys(k for row in rows for k in row)), restval="")
         writer.writeheader()
         writer.writerows(rows)
 
