@@ -9,8 +9,8 @@ from __future__ import annotations
 import csv
 import json
 import logging
-from pathlib import Path
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import lightning as L
