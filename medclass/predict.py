@@ -70,6 +70,8 @@ class Predictions:
 def _expand(spec: str) -> list[tuple[Path, Path]]:
     """(file, the folder its hidden-ness is judged from) for one file, folder (recursive) or glob."""
     path = Path(spec).expanduser()
+    if path.is_file() and path.suffix.lower() == ".csv":  # a manifest: its `path` column, relative to its folder
+        return [(file, file.parent) for file in read_manifest_inputs(path)]
     if path.is_file():
         return [(path, path.parent)]
     if path.is_dir():
@@ -79,6 +81,29 @@ def _expand(spec: str) -> list[tuple[Path, Path]]:
         return [pair for m in matches for pair in _expand(str(m))]
     raise MedclassError(f"inputs={spec} is no file, folder or glob match; give an image, a folder of images or a "
                         "quoted glob such as 'scans/**/*.png'")
+
+
+def read_manifest_inputs(manifest: Path) -> dict[Path, dict[str, str]]:
+    """A CSV of images to predict (`data=manifest`'s format; `label` optional): each file with the row's
+    other columns, which predictions.csv carries beside the prediction."""
+    with manifest.open(newline="") as f:
+        reader = csv.DictReader(f)
+        if "path" not in (reader.fieldnames or []):
+            raise MedclassError(f"inputs={manifest} has no `path` column (has {', '.join(reader.fieldnames or [])}); "
+                                "a CSV of inputs lists one image per row under `path`")
+        return {(manifest.parent / row["path"].strip()): {k: v or "" for k, v in row.items() if k != "path"}
+                for row in reader if (row.get("path") or "").strip()}
+
+
+def input_columns(inputs: str | Path | Sequence[str | Path]) -> dict[Path, dict[str, str]]:
+    """The other columns of every CSV among `inputs`, by file."""
+    specs = [inputs] if isinstance(inputs, (str, Path)) else list(inputs)
+    columns: dict[Path, dict[str, str]] = {}
+    for spec in specs:
+        path = Path(spec).expanduser()
+        if path.is_file() and path.suffix.lower() == ".csv":
+            columns.update(read_manifest_inputs(path))
+    return columns
 
 
 def collect_inputs(inputs: str | Path | Sequence[str | Path]) -> tuple[list[Path], list[Skipped]]:
@@ -225,9 +250,12 @@ def write_outputs(out: Path, result: Predictions, meta: dict[str, Any], source: 
     names, multi = meta["class_names"], meta["task"] == "multi-label"
     k = max((len(r["top_k"]) for r in result.records), default=1)
     decided = any("decision" in r for r in result.records)
+    cams = any("cam" in r for r in result.records)
     header = ["path", "class", "confidence", *(["decision"] if decided else []), *(["labels"] if multi else []),
               *(f"top{i}_{c}" for i in range(1, k + 1) for c in ("class", "probability")),
-              *(f"prob_{n}" for n in names), *(["cam"] if any("cam" in r for r in result.records) else [])]
+              *(f"prob_{n}" for n in names), *(["cam"] if cams else [])]
+    extra = list(dict.fromkeys(k for r in result.records for k in r.get("columns", {})))
+    header += [f"input_{k}" if k in header else k for k in extra]
     with (out / "predictions.csv").open("w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(header)
@@ -236,7 +264,8 @@ def write_outputs(out: Path, result: Predictions, meta: dict[str, Any], source: 
             writer.writerow([r["path"], r["class"], r["confidence"], *([r["decision"]] if decided else []),
                              *([";".join(r["labels"])] if multi else []),
                              *top, *[""] * (2 * k - len(top)), *r["probabilities"].values(),
-                             *([r.get("cam", "")] if header[-1] == "cam" else [])])
+                             *([r.get("cam", "")] if cams else []),
+                             *(r.get("columns", {}).get(k, "") for k in extra)])
     with (out / "skipped.csv").open("w", newline="") as f:
         csv.writer(f).writerows([("path", "reason"), *((str(p), why) for p, why in result.skipped)])
     payload = {**source, "task": meta["task"], "class_names": names, "count": len(result.records),
@@ -287,6 +316,10 @@ def run_predict(cfg: DictConfig) -> Predictions:
                             cam_layer=cfg.get("cam_layer"), calibrated=cfg.get("calibrated", True),
                             operating_point=cfg.get("operating_point"))
     result.skipped = skipped + result.skipped
+    columns = input_columns(cfg.inputs)
+    for record in result.records:  # a CSV's own columns (label, patient, site, ...) beside each prediction
+        if Path(record["path"]) in columns:
+            record["columns"] = columns[Path(record["path"])]
     decision = decision_threshold(model.meta, cfg.get("operating_point"))
     source = {"model": str(cfg.get("ckpt_path") or cfg.get("onnx_path")), "inputs": str(cfg.inputs),
               "tta": getattr(getattr(model, "module", None), "tta", "none"),

@@ -117,6 +117,22 @@ def test_single_file_glob_and_python_api(ckpt: Path, tmp_path: Path) -> None:
     assert all(len(r["top_k"]) == 3 for r in result.records)  # k is capped at the number of classes
 
 
+def test_a_csv_of_inputs_carries_its_columns_beside_each_prediction(ckpt: Path, tmp_path: Path) -> None:
+    data = ckpt.parents[2] / "data"
+    listing = tmp_path / "new_patients.csv"
+    listing.write_text("path,patient,class\n"  # `class` collides with predict's own column: kept as input_class
+                       f"{data / 'a' / 'img1.png'},P1,a\n"
+                       f"{data / 'c' / 'img2.png'},P2,c\n")
+    run_predict(predict_cfg(ckpt, str(listing), tmp_path / "out"))
+    got = rows(tmp_path / "out" / "predictions.csv")
+    assert [(Path(r["path"]).parent.name, r["patient"], r["input_class"]) for r in got] == [("a", "P1", "a"),
+                                                                                             ("c", "P2", "c")]
+    assert all(r["class"] in CLASSES for r in got)  # the prediction itself is not overwritten
+    listing.write_text("file,patient\nx.png,P1\n")
+    with pytest.raises(MedclassError, match="has no `path` column"):
+        run_predict(predict_cfg(ckpt, str(listing), tmp_path / "bad"))
+
+
 def training_pipeline_probabilities(ckpt: Path) -> dict[Path, torch.Tensor]:
     """Softmax of the checkpoint's network on every image as the training data pipeline prepared it
     (the checkpoint's own data config, evaluation transform), computed here without medclass.predict."""
