@@ -1,20 +1,9 @@
-"""Evaluate a checkpoint on a split: `python eval.py ckpt_path=<file.ckpt> split=test`."""
+"""Evaluate a checkpoint on a split: `python eval.py ckpt_path=<file.ckpt> split=test`.
 
-from __future__ import annotations
+The same command as `medclass-eval` once medclass is installed; the work is in `medclass.tasks.evaluate`.
+"""
 
-import hydra
-from omegaconf import DictConfig
-
-from medclass.cli import report_user_errors, run
-
-
-@hydra.main(version_base="1.3", config_path="conf", config_name="eval")
-@report_user_errors
-def main(cfg: DictConfig) -> None:
-    from medclass.runner import evaluate  # after the command-line checks: torch takes seconds to load
-
-    evaluate(cfg)
-
+from medclass.tasks.commands import evaluate
 
 if __name__ == "__main__":
-    run(main)
+    evaluate()

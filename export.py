@@ -1,20 +1,9 @@
-"""Export a checkpoint to ONNX and check it against onnxruntime: `python export.py ckpt_path=<file.ckpt>`."""
+"""Export a checkpoint to ONNX: `python export.py ckpt_path=<file.ckpt>`.
 
-from __future__ import annotations
+The same command as `medclass-export` once medclass is installed; the work is in `medclass.tasks.export`.
+"""
 
-import hydra
-from omegaconf import DictConfig
-
-from medclass.cli import report_user_errors, run
-
-
-@hydra.main(version_base="1.3", config_path="conf", config_name="export")
-@report_user_errors
-def main(cfg: DictConfig) -> None:
-    from medclass.export import run_export  # after the command-line checks: torch takes seconds to load
-
-    run_export(cfg)
-
+from medclass.tasks.commands import export
 
 if __name__ == "__main__":
-    run(main)
+    export()

@@ -15,7 +15,7 @@ import time
 import torch
 from torch.nn import functional as F
 
-from medclass.models import timm_model
+from medclass.model import timm_model
 from medclass.module.finetune import freeze_named_layers
 
 EARLY = {"stem": ["conv_stem", "bn1"], "stem+2 blocks": ["conv_stem", "bn1", "blocks.0", "blocks.1"],

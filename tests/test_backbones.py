@@ -11,15 +11,15 @@ import pytest
 import torch
 from hydra.utils import instantiate
 
-from medclass.checkpoint import load_classifier
-from medclass.cli import find_user_error
-from medclass.errors import MedclassError
-from medclass.models import pretrained_normalization, timm_model
+from medclass.model import pretrained_normalization, timm_model
 from medclass.module import Classifier
+from medclass.module.checkpoint import load_classifier
+from medclass.utils.cli import find_user_error
+from medclass.utils.errors import MedclassError
 
-from .conftest import CONF, FAST, compose_train, run_script
+from .conftest import FAST, ROOT, compose_train, run_script
 
-WEIGHTS = Path(os.environ.get("MEDCLASS_WEIGHTS") or CONF.parents[1] / "shared" / "weights")
+WEIGHTS = Path(os.environ.get("MEDCLASS_WEIGHTS") or ROOT.parent / "shared" / "weights")
 LITE0 = WEIGHTS / "tf_efficientnet_lite0_in1k_timm.pth"
 needs_lite0 = pytest.mark.skipif(not LITE0.is_file(), reason=f"{LITE0} not present")
 

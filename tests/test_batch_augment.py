@@ -11,7 +11,7 @@ from hydra.utils import instantiate
 
 from medclass.augment import batch_train_transform, eval_transform
 from medclass.data.base import IndexDataset
-from medclass.errors import MedclassError
+from medclass.utils.errors import MedclassError
 
 from .conftest import FAST, compose_train
 
@@ -84,7 +84,8 @@ def test_datamodule_serves_indices_and_gathers_images_on_the_device(blood_root: 
 
 
 def test_train_and_eval_on_the_fast_path(blood_root: Path, tmp_path: Path) -> None:
-    from medclass.runner import evaluate, train
+    from medclass.tasks.evaluate import evaluate
+    from medclass.tasks.train import train
 
     kornia_extra = "augment.extra=[{_target_: kornia.augmentation.ColorJiggle, brightness: 0.2, p: 0.5}]"
     metrics = train(compose_train([*FAST, "augment=batch", kornia_extra, f"data.root={blood_root}"], tmp_path / "run"))

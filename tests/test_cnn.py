@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from medclass.errors import MedclassError
-from medclass.models import SimpleCNN
+from medclass.model import SimpleCNN
+from medclass.utils.errors import MedclassError
 
 
 @pytest.mark.parametrize("channels", [1, 3])

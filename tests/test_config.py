@@ -15,7 +15,8 @@ from lightning.pytorch.accelerators import CPUAccelerator
 from lightning.pytorch.strategies import DDPStrategy
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from medclass.runner import build_trainer, train
+from medclass.tasks.build import build_trainer
+from medclass.tasks.train import train
 
 from .conftest import CONF, FAST, clean_tree, compose_train, write_npz
 

@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-from medclass.checkpoint import load_classifier
-from medclass.errors import MedclassError
-from medclass.export import OnnxModel, export_onnx
-from medclass.predict import TorchModel, collect_inputs, predict_images, run_predict
+from medclass.module.checkpoint import load_classifier
+from medclass.tasks.export import OnnxModel, export_onnx
+from medclass.tasks.predict import TorchModel, collect_inputs, predict_images, run_predict
+from medclass.utils.errors import MedclassError
 
 from .conftest import compose_train, run_script
 from .test_predict import CLASSES, tiny_classifier, train_tiny

@@ -11,7 +11,7 @@ from PIL import Image
 
 from medclass.data import FolderDataModule
 from medclass.data.decode import read_image
-from medclass.errors import MedclassError
+from medclass.utils.errors import MedclassError
 
 from .conftest import clean_tree, grey, save
 
@@ -206,7 +206,8 @@ def test_train_and_eval_on_a_folder_tree(tmp_path: Path, caplog: pytest.LogCaptu
     class names travel with the checkpoint."""
     import torch
 
-    from medclass.runner import evaluate, train
+    from medclass.tasks.evaluate import evaluate
+    from medclass.tasks.train import train
 
     from .conftest import FAST, compose_train
 

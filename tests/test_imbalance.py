@@ -11,10 +11,10 @@ from sklearn.metrics import balanced_accuracy_score
 from sklearn.utils.class_weight import compute_class_weight
 
 from medclass.data import MedMNISTDataModule
-from medclass.errors import MedclassError
 from medclass.module.losses import class_weights, make_loss
 from medclass.module.tasks import make_metrics
-from medclass.runner import train
+from medclass.tasks.train import train
+from medclass.utils.errors import MedclassError
 
 from .conftest import FAST, compose_train, write_npz
 

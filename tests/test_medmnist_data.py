@@ -12,7 +12,7 @@ from medmnist import INFO
 from medclass.data import MedMNISTDataModule
 from medclass.data.locate import DATA_ENV, find_or_download
 from medclass.data.medmnist_info import NAMES, medmnist_info
-from medclass.errors import MedclassError
+from medclass.utils.errors import MedclassError
 
 from .conftest import SHARED_DATA, write_npz
 

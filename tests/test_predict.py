@@ -14,11 +14,10 @@ import torchvision
 from hydra.utils import instantiate
 from PIL import Image
 
-from medclass.checkpoint import load_classifier
-from medclass.errors import MedclassError
-from medclass.explain import target_layer
+from medclass.eval.explain import target_layer
 from medclass.module import Classifier
-from medclass.predict import (
+from medclass.module.checkpoint import load_classifier
+from medclass.tasks.predict import (
     TorchModel,
     collect_inputs,
     predict_image,
@@ -26,6 +25,7 @@ from medclass.predict import (
     run_predict,
     write_outputs,
 )
+from medclass.utils.errors import MedclassError
 
 from .conftest import FAST, clean_tree, compose_train, run_script, save
 
@@ -135,7 +135,7 @@ def test_a_csv_of_inputs_carries_its_columns_beside_each_prediction(ckpt: Path, 
 
 def training_pipeline_probabilities(ckpt: Path) -> dict[Path, torch.Tensor]:
     """Softmax of the checkpoint's network on every image as the training data pipeline prepared it
-    (the checkpoint's own data config, evaluation transform), computed here without medclass.predict."""
+    (the checkpoint's own data config, evaluation transform), computed here without medclass.tasks.predict."""
     module = load_classifier(ckpt).eval()
     info = module.hparams.data_info
     data_cfg = {**module.hparams.data_cfg, "augment": None}
@@ -184,7 +184,7 @@ def test_no_readable_image_is_one_clear_error(ckpt: Path, tmp_path: Path) -> Non
 
 def tiny_classifier(task: str, names: list[str]) -> Classifier:
     info = {"task": task, "class_names": names, "in_chans": 1, "image_size": 16, "mean": [0.5], "std": [0.25]}
-    net = {"_target_": "medclass.models.SimpleCNN", "widths": [4, 8], "hidden": 8}
+    net = {"_target_": "medclass.model.SimpleCNN", "widths": [4, 8], "hidden": 8}
     return Classifier(net=net, data_info=info, optimizer={"_target_": "torch.optim.Adam", "_partial_": True})
 
 

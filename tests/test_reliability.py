@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from medclass.checkpoint import load_classifier
-from medclass.errors import MedclassError
+from medclass.module.checkpoint import load_classifier
+from medclass.utils.errors import MedclassError
 
 from .conftest import FAST, ROOT, compose_train, run_script, write_npz
 
@@ -91,7 +91,7 @@ def test_killed_and_resumed_run_ends_where_the_uninterrupted_one_does(runs: dict
 
 
 def test_a_folder_with_checkpoints_is_not_overwritten(runs: dict[str, Path]) -> None:
-    from medclass.runner import train
+    from medclass.tasks.train import train
 
     before = {p: p.read_bytes() for p in runs["a"].rglob("*") if p.is_file() and p.suffix in (".ckpt", ".json")}
     with pytest.raises(MedclassError, match="already holds the checkpoints of an earlier run; add ckpt_path=last"):
@@ -102,7 +102,7 @@ def test_a_folder_with_checkpoints_is_not_overwritten(runs: dict[str, Path]) -> 
 def test_metrics_count_exact_copies_across_splits(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     import numpy as np
 
-    from medclass.runner import train
+    from medclass.tasks.train import train
 
     path = write_npz(tmp_path, "breastmnist", n=(40, 10, 10))
     arrays = dict(np.load(path))
@@ -188,8 +188,8 @@ def test_bad_input_is_one_error_line(case: str, blood: Path, tmp_path: Path) -> 
 
 @pytest.mark.parametrize("case", list(IN_PROCESS))
 def test_bad_value_is_a_user_error_naming_it(case: str, blood: Path, tmp_path: Path) -> None:
-    from medclass.cli import find_user_error
-    from medclass.runner import train
+    from medclass.tasks.train import train
+    from medclass.utils.cli import find_user_error
 
     overrides, expected = IN_PROCESS[case]
     with pytest.raises(Exception) as raised:

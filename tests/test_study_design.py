@@ -11,9 +11,10 @@ import pytest
 
 from medclass.data import FolderDataModule, ManifestDataModule
 from medclass.data.splits import assign_splits, multilabel_strata
-from medclass.errors import MedclassError
-from medclass.gather import load_runs, summarize, to_markdown
-from medclass.runner import evaluate, train
+from medclass.tasks.evaluate import evaluate
+from medclass.tasks.gather import load_runs, summarize, to_markdown
+from medclass.tasks.train import train
+from medclass.utils.errors import MedclassError
 
 from .conftest import FAST, compose_train, grey, save
 

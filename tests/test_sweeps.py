@@ -11,8 +11,8 @@ import pytest
 import yaml
 from hydra import compose, initialize_config_dir
 
-from medclass.errors import MedclassError
-from medclass.sweep import optimized_value
+from medclass.tasks.train import optimized_value
+from medclass.utils.errors import MedclassError
 
 from .conftest import CONF, FAST, compose_train, run_script, write_npz
 
@@ -168,7 +168,8 @@ def test_ema_weights_are_validated_saved_tested_and_evaluated_alike(tmp_path: Pa
     """With callbacks.ema the best checkpoint holds the average, and train.py's test and eval.py score it."""
     import torch
 
-    from medclass.runner import evaluate, train
+    from medclass.tasks.evaluate import evaluate
+    from medclass.tasks.train import train
 
     metrics = train(compose_train([*FAST, f"data.root={tiny_root(tmp_path)}", "logger=none", "trainer.max_epochs=2",
                                    "callbacks.ema={_target_:medclass.callbacks.EMA,decay:0.5}"], tmp_path / "run"))

@@ -45,7 +45,7 @@ def test_worst_mistakes_at_test_time(events: EventAccumulator) -> None:
 
 def test_csv_logger_run_draws_nothing_and_succeeds(tmp_path: Path) -> None:
     root = write_npz(tmp_path / "medmnist", "breastmnist").parent  # grey, binary
-    from medclass.runner import train
+    from medclass.tasks.train import train
 
     from .conftest import compose_train
 

@@ -59,8 +59,8 @@ def test_eval_reproduces_test_accuracy(trained_run: Path, tmp_path: Path) -> Non
 
 def test_eval_other_split_and_missing_checkpoint(trained_run: Path, tmp_path: Path) -> None:
     ckpt = next((trained_run / "checkpoints").glob("best-*.ckpt"))
-    from medclass.errors import MedclassError
-    from medclass.runner import evaluate
+    from medclass.tasks.evaluate import evaluate
+    from medclass.utils.errors import MedclassError
 
     from .conftest import compose_train
 
@@ -72,8 +72,8 @@ def test_eval_other_split_and_missing_checkpoint(trained_run: Path, tmp_path: Pa
 
 def test_unknown_medmnist_set_is_a_user_error_naming_it(tmp_path: Path) -> None:
     """In-process: the command line's one-line handling of user errors is tested in test_reliability."""
-    from medclass.cli import find_user_error
-    from medclass.runner import train
+    from medclass.tasks.train import train
+    from medclass.utils.cli import find_user_error
 
     from .conftest import compose_train
 
@@ -101,7 +101,7 @@ def test_real_breastmnist_learns(tmp_path: Path) -> None:
 
 
 def test_multirun_writes_one_folder_per_job_and_gathers(tmp_path: Path) -> None:
-    from medclass.gather import load_runs, summarize
+    from medclass.tasks.gather import load_runs, summarize
 
     from .conftest import write_npz
 

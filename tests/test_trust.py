@@ -19,12 +19,13 @@ from omegaconf import OmegaConf
 from torch.utils.data import DataLoader
 
 from medclass.augment import train_transform
-from medclass.checkpoint import check_targets, load_classifier
 from medclass.data.base import ArrayDataset, init_worker
 from medclass.data.leakage import cross_split_duplicates
-from medclass.errors import MedclassError
+from medclass.module.checkpoint import check_targets, load_classifier
 from medclass.module.losses import make_loss
-from medclass.runner import evaluate, train
+from medclass.tasks.evaluate import evaluate
+from medclass.tasks.train import train
+from medclass.utils.errors import MedclassError
 
 from .conftest import CONF, FAST, ROOT, clean_tree, compose_train, run_script, write_npz
 
@@ -70,8 +71,8 @@ def test_eval_refuses_a_poisoned_checkpoint_with_one_error_line(blood_run: Path,
 @pytest.mark.parametrize("command", ["predict", "export"])
 def test_predict_and_export_refuse_a_poisoned_checkpoint(blood_run: Path, tmp_path: Path, command: str) -> None:
     """The same loader as eval.py (whose command line is tested above), run in-process to save a start-up."""
-    from medclass.export import run_export
-    from medclass.predict import run_predict
+    from medclass.tasks.export import run_export
+    from medclass.tasks.predict import run_predict
 
     path, victim = poisoned(blood_run, tmp_path, "data_cfg", "medclass.data.splits.Path.unlink")
     extra = [f"inputs={tmp_path}"] if command == "predict" else []
@@ -98,14 +99,14 @@ SHIPPED = {group: sorted(p.stem for p in (CONF / group).glob("*.yaml"))
 def test_every_shipped_config_passes_the_allow_list(tmp_path: Path, group: str, option: str) -> None:
     cfg = OmegaConf.to_container(compose_train([f"{group}={option}"], tmp_path), resolve=True)
     hparams = {**cfg["module"], "data_cfg": cfg["data"]}  # what a checkpoint of this config holds
-    assert hparams["net"]["_target_"].startswith("medclass.models.")
+    assert hparams["net"]["_target_"].startswith("medclass.model.")
     check_targets(hparams, f"{group}={option}")  # raises for a target the allow-list misses
 
 
 def test_allow_list_accepts_model_families_and_refuses_functions_that_are_not_builders() -> None:
     check_targets({"a": {"_target_": "torchvision.models.resnet18"}, "b": {"_target_": "timm.create_model"},
                    "c": {"_target_": "torch.optim.lr_scheduler.StepLR"}}, "test")
-    for target in ("medclass.runner.write_json", "torch.load", "timm.models.load_checkpoint", "builtins.eval", 7):
+    for target in ("medclass.utils.io.write_json", "torch.load", "timm.models.load_checkpoint", "builtins.eval", 7):
         with pytest.raises(MedclassError, match="refusing"):
             check_targets({"x": [{"_target_": target}]}, "test")
 
@@ -165,7 +166,7 @@ def test_a_failing_job_is_recorded_and_the_sweep_goes_on(tmp_path: Path) -> None
     assert (sweep / "0" / "metrics.json").is_file() and (sweep / "2" / "metrics.json").is_file()
     assert not (sweep / "1" / "metrics.json").exists()
     assert (sweep / "1" / "error.txt").read_text().startswith("error: optimizer torch.optim.Adam: Invalid")
-    from medclass.gather import load_failures, load_runs, summarize, to_markdown
+    from medclass.tasks.gather import load_failures, load_runs, summarize, to_markdown
 
     rows = {r["config"]: r for r in summarize(load_runs(sweep), failures=load_failures(sweep))}
     assert rows["optimizer.lr=-1"]["runs"] == 0 and rows["optimizer.lr=-1"]["failed"] == 1

@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from medclass.errors import MedclassError
-from medclass.gather import common_overrides, load_runs, summarize, to_markdown
 from medclass.module.tta import tta_views
+from medclass.tasks.gather import common_overrides, load_runs, summarize, to_markdown
+from medclass.utils.errors import MedclassError
 
 
 def test_view_counts_follow_symmetry() -> None:
@@ -65,7 +65,7 @@ def test_gather_csv_is_numeric_and_a_missing_folder_is_named(tmp_path: Path) -> 
     run = tmp_path / "runs" / "0"
     run.mkdir(parents=True)
     (run / "metrics.json").write_text(json.dumps({"test": {"test/acc": 0.75}}))
-    cmd = [sys.executable, "-m", "medclass.gather"]
+    cmd = [sys.executable, "-m", "medclass.tasks.gather"]
     done = subprocess.run([*cmd, str(tmp_path / "runs"), "--out", str(tmp_path / "t")], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     rows = list(csv.DictReader((tmp_path / "t.csv").open()))

@@ -12,7 +12,7 @@ import albumentations as A
 import cv2
 from albumentations.pytorch import ToTensorV2
 
-from medclass.errors import MedclassError
+from medclass.utils.errors import MedclassError
 
 BORDERS = {"reflect": cv2.BORDER_REFLECT_101, "constant": cv2.BORDER_CONSTANT, "replicate": cv2.BORDER_REPLICATE}
 

@@ -24,7 +24,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from medclass.augment.albu import BORDERS, flip_options
-from medclass.errors import MedclassError
+from medclass.utils.errors import MedclassError
 
 # albumentations border names → grid_sample padding modes
 PADDING = {"reflect": "reflection", "constant": "zeros", "replicate": "border"}

@@ -22,8 +22,9 @@ from lightning.fabric.utilities.seed import pl_worker_init_function
 from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler, get_worker_info
 
 from medclass.augment import BatchAugment, eval_transform
+from medclass.data.decode import to_channels
 from medclass.data.leakage import cross_split_duplicates
-from medclass.errors import MedclassError
+from medclass.utils.errors import MedclassError
 
 SPLITS = ("train", "val", "test")
 log = logging.getLogger("medclass")
@@ -99,21 +100,6 @@ def init_worker(worker_id: int, rank: int = 0) -> None:
     transform = getattr(info.dataset, "transform", None) if info else None
     if hasattr(transform, "set_random_seed"):
         transform.set_random_seed(torch.initial_seed() % 2**32)
-
-
-def to_channels(images: np.ndarray, channels: int) -> np.ndarray:
-    """(N, H, W) or (N, H, W, C) uint8 to (N, H, W, channels); grey is repeated, colour averaged."""
-    if images.ndim == 3:
-        images = images[..., None]
-    have = images.shape[-1]
-    if have == channels:
-        return images
-    if have == 1 and channels == 3:
-        return np.repeat(images, 3, axis=-1)
-    if have in (3, 4) and channels == 1:
-        rgb = images[..., :3].astype(np.float32)
-        return (rgb @ np.array([0.299, 0.587, 0.114], np.float32)).round().astype(np.uint8)[..., None]
-    raise MedclassError(f"cannot convert {have}-channel images to {channels} channels; use 1 or 3")
 
 
 def report_duplicates(duplicates: dict[str, int]) -> None:

@@ -8,8 +8,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import cv2
 import numpy as np
 from PIL import Image
+
+from medclass.utils.errors import MedclassError
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"})
 DICOM_SUFFIXES = frozenset({".dcm", ".dicom"})
@@ -73,3 +76,27 @@ def read_image(path: Path) -> np.ndarray:
     ):
         array = array[..., :1]  # RGB files of grey scans are grey
     return np.ascontiguousarray(array)
+
+
+def decode_resized(path: Path, size: int, chans: int) -> np.ndarray:
+    """One file as uint8 (size, size, chans), before normalization.
+
+    Training and prediction (medclass.tasks.predict) share it, so a new image is prepared like a training one.
+    """
+    resized = cv2.resize(read_image(path), (size, size), interpolation=cv2.INTER_AREA)
+    return to_channels(resized.reshape(size, size, -1)[None], chans)[0]
+
+
+def to_channels(images: np.ndarray, channels: int) -> np.ndarray:
+    """(N, H, W) or (N, H, W, C) uint8 to (N, H, W, channels); grey is repeated, colour averaged."""
+    if images.ndim == 3:
+        images = images[..., None]
+    have = images.shape[-1]
+    if have == channels:
+        return images
+    if have == 1 and channels == 3:
+        return np.repeat(images, 3, axis=-1)
+    if have in (3, 4) and channels == 1:
+        rgb = images[..., :3].astype(np.float32)
+        return (rgb @ np.array([0.299, 0.587, 0.114], np.float32)).round().astype(np.uint8)[..., None]
+    raise MedclassError(f"cannot convert {have}-channel images to {channels} channels; use 1 or 3")

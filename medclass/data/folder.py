@@ -23,26 +23,16 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
 from rich.progress import track
 
-from medclass.data.base import SPLITS, ClassificationDataModule, DataInfo, to_channels
-from medclass.data.decode import read_image
+from medclass.data.base import SPLITS, ClassificationDataModule, DataInfo
+from medclass.data.decode import decode_resized
 from medclass.data.scan import Scan, scan_folder
 from medclass.data.splits import Row, assign_splits, groups_across_splits, read_rows, write_rows
-from medclass.errors import MedclassError
+from medclass.utils.errors import MedclassError
 
 log = logging.getLogger("medclass")
-
-
-def decode_resized(path: Path, size: int, chans: int) -> np.ndarray:
-    """One file as uint8 (size, size, chans), before normalization.
-
-    Training and prediction (medclass.predict) share it, so a new image is prepared like a training one.
-    """
-    resized = cv2.resize(read_image(path), (size, size), interpolation=cv2.INTER_AREA)
-    return to_channels(resized.reshape(size, size, -1)[None], chans)[0]
 
 
 class FolderDataModule(ClassificationDataModule):

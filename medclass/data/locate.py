@@ -12,7 +12,7 @@ import logging
 import os
 from pathlib import Path
 
-from medclass.errors import MedclassError
+from medclass.utils.errors import MedclassError
 
 log = logging.getLogger("medclass")
 

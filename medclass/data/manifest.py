@@ -23,7 +23,7 @@ from medclass.data.base import DataInfo
 from medclass.data.folder import FolderDataModule
 from medclass.data.scan import Scan, file_digest, reason_to_skip
 from medclass.data.splits import multilabel_strata
-from medclass.errors import MedclassError
+from medclass.utils.errors import MedclassError
 
 REQUIRED = ("path", "label")
 

@@ -11,7 +11,7 @@ from medmnist.info import DEFAULT_ROOT
 from medclass.data.base import SPLITS, ClassificationDataModule, DataInfo
 from medclass.data.locate import candidate_dirs, find_or_download
 from medclass.data.medmnist_info import filename, medmnist_info
-from medclass.errors import MedclassError
+from medclass.utils.errors import MedclassError
 
 
 def check_npz(path: Path, arrays: dict[str, np.ndarray], task: str, num_classes: int) -> None:

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from medmnist import INFO
 
-from medclass.errors import MedclassError
+from medclass.utils.errors import MedclassError
 
 SIZES = (28, 64, 128, 224)
 

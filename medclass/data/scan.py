@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from medclass.data.decode import is_image_name
-from medclass.errors import MedclassError
+from medclass.utils.errors import MedclassError
 
 SYSTEM_FILES = frozenset({"thumbs.db", "desktop.ini", ".ds_store"})
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold, train_test_split
 
-from medclass.errors import MedclassError
+from medclass.utils.errors import MedclassError
 
 Row = tuple[str, str, str]  # file path relative to data.root (test rows: data.test_root), class folder, split
 SPLIT_NAMES = ("train", "val", "test")

@@ -13,7 +13,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from medclass.errors import MedclassError
+from medclass.utils.errors import MedclassError
 
 log = logging.getLogger("medclass")
 

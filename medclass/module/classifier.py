@@ -14,12 +14,12 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from medclass.errors import MedclassError
 from medclass.module.finetune import freeze_named_layers, set_backbone_frozen, split_parameters
 from medclass.module.losses import class_weights as weights_for
 from medclass.module.losses import make_loss
 from medclass.module.tasks import make_metrics, probabilities
 from medclass.module.tta import tta_views
+from medclass.utils.errors import MedclassError
 
 
 def to_plain(cfg: Any) -> Any:

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from timm.utils.model import freeze
 from torch import nn
 
-from medclass.errors import MedclassError
+from medclass.utils.errors import MedclassError
 
 
 def head_of(net: nn.Module) -> nn.Module:

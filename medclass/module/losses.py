@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.ops import sigmoid_focal_loss
 
-from medclass.errors import MedclassError
+from medclass.utils.errors import MedclassError
 
 LOSSES = ("ce", "focal")
 

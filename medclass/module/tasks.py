@@ -19,7 +19,7 @@ from torchmetrics.classification import (
     MultilabelF1Score,
 )
 
-from medclass.errors import MedclassError
+from medclass.utils.errors import MedclassError
 
 TASKS = ("multi-class", "binary-class", "multi-label", "ordinal-regression")
 

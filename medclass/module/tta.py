@@ -8,7 +8,7 @@ from functools import partial
 import torch
 from torch.nn import functional as F
 
-from medclass.errors import MedclassError
+from medclass.utils.errors import MedclassError
 
 View = Callable[[torch.Tensor], torch.Tensor]
 

@@ -1,4 +1,4 @@
-"""User-facing errors: one clear line, no traceback, non-zero exit (see medclass.cli)."""
+"""User-facing errors: one clear line, no traceback, non-zero exit (see medclass.utils.cli)."""
 
 
 class MedclassError(Exception):

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from medclass.errors import MedclassError
+from medclass.utils.errors import MedclassError
 
 
 def conv_block(c_in: int, c_out: int, convs: int, dropout: float) -> nn.Sequential:

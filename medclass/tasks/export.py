@@ -17,10 +17,10 @@ import torch
 from omegaconf import DictConfig
 from torch import nn
 
-from medclass.errors import MedclassError
 from medclass.module import Classifier
+from medclass.module.checkpoint import model_meta
 from medclass.module.tasks import probabilities
-from medclass.predict import model_meta
+from medclass.utils.errors import MedclassError
 
 log = logging.getLogger("medclass")
 META_KEY = "medclass"
@@ -106,9 +106,9 @@ def max_abs_difference(module: Classifier, path: str | Path, batch: int = 8, see
 
 def run_export(cfg: DictConfig) -> dict[str, Any]:
     """What export.py does: export, check against onnxruntime, write export.json; fails above the tolerance."""
-    from medclass.checkpoint import load_classifier
     from medclass.eval import operating_file
-    from medclass.runner import write_json
+    from medclass.module.checkpoint import load_classifier
+    from medclass.utils.io import write_json
 
     module = load_classifier(cfg.ckpt_path)
     operating = operating_file.load(cfg.ckpt_path)

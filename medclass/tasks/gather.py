@@ -1,6 +1,6 @@
 """Gather the `metrics.json` of every run under a folder into one table, mean ± std over seeds.
 
-    python -m medclass.gather outputs/train/multirun/2026-11-22_10-00-00 [--out table] [--sort best_val/val/auc]
+    python -m medclass.tasks.gather outputs/train/multirun/2026-11-22_10-00-00 [--out table] [--sort best_val/val/auc]
 
 Runs that differ only in `seed=` or `data.fold=` form one row; its `over` column says what the
 mean ± std is over ("5 folds", "3 seeds", "5 folds × 3 seeds"). Overrides shared by every run are printed once above
@@ -28,7 +28,7 @@ SORT_BY = "best_val/val/acc"
 Row = dict[str, "str | int | float"]
 
 
-ERROR_FILE = "error.txt"  # what a failed sweep job leaves (medclass.cli)
+ERROR_FILE = "error.txt"  # what a failed sweep job leaves (medclass.utils.cli)
 VARYING = ("seed=", "data.fold=")  # what a row averages over
 
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from medclass.errors import MedclassError
+from medclass.utils.errors import MedclassError
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 GROUP_CHOICE = re.compile(r"^[+~]{0,2}(?P<group>[a-z_]+(?:/[a-z_]+)*)(?:@[\w.]+)?=(?P<values>[^()\[\]{}]*)$")

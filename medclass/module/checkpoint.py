@@ -16,15 +16,15 @@ from typing import Any
 
 import torch
 
-from medclass.errors import MedclassError
 from medclass.module import Classifier
+from medclass.utils.errors import MedclassError
 
 # where a checkpoint's `_target_` may point: checked on the string before anything is imported, and
 # again on the object it resolves to (`medclass.data.splits.Path.unlink` is pathlib's, not ours)
 FAMILIES = ("medclass.", "timm.", "torchvision.models.", "torch.optim.", "albumentations.", "kornia.augmentation.")
 # functions (not classes) that build a network or a pipeline; every other function is refused
 FACTORIES = frozenset({
-    "medclass.models.backbone.timm_model",
+    "medclass.model.backbone.timm_model",
     "medclass.augment.albu.train_transform",
     "medclass.augment.batch.batch_train_transform",
     "timm.models._factory.create_model",
@@ -43,6 +43,25 @@ def targets(tree: Any, key: str = "") -> Iterator[tuple[str, Any]]:
     elif isinstance(tree, (list, tuple)):
         for i, v in enumerate(tree):
             yield from targets(v, f"{key}[{i}]")
+
+
+# modules renamed since a checkpoint may have been written: its targets are read under the new name
+RENAMED = {"medclass.models.": "medclass.model."}
+
+
+def renamed(tree: Any) -> Any:
+    """`tree` with every `_target_` under a renamed module spelled the current way (plain data in, plain out)."""
+    if isinstance(tree, dict):
+        out = {k: renamed(v) for k, v in tree.items()}
+        target = out.get("_target_")
+        if isinstance(target, str):
+            for old, new in RENAMED.items():
+                if target.startswith(old):
+                    out["_target_"] = new + target[len(old):]
+        return out
+    if isinstance(tree, (list, tuple)):
+        return type(tree)(renamed(v) for v in tree)
+    return tree
 
 
 def _canonical(obj: Any) -> str:
@@ -93,6 +112,7 @@ def read_hparams(path: str | Path) -> dict[str, Any]:
         hparams = torch.load(path, map_location="cpu", weights_only=True, mmap=True).get("hyper_parameters", {})
     except Exception as err:
         raise MedclassError(f"cannot load checkpoint {path} safely ({type(err).__name__}: {err})") from err
+    hparams = renamed(hparams)
     check_targets(hparams, f"checkpoint {path}")
     return hparams
 
@@ -107,3 +127,11 @@ def load_classifier(path: str | Path, map_location: str = "cpu") -> Classifier:
         return Classifier.load_from_checkpoint(path, map_location=map_location, weights_only=True, net=net)
     except Exception as err:
         raise MedclassError(f"cannot load checkpoint {path} safely ({type(err).__name__}: {err})") from err
+
+
+def model_meta(module: Classifier) -> dict[str, Any]:
+    """What preprocessing and reading the outputs need: travels inside an ONNX export too."""
+    info = module.hparams.data_info
+    return {"class_names": list(info["class_names"]), "task": info["task"], "image_size": int(info["image_size"]),
+            "in_chans": int(info["in_chans"]), "mean": list(info["mean"]), "std": list(info["std"]),
+            "symmetry": info.get("symmetry", "sided")}

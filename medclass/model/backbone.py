@@ -16,7 +16,7 @@ from typing import Any
 import timm
 from torch import nn
 
-from medclass.errors import MedclassError
+from medclass.utils.errors import MedclassError
 
 WEIGHTS_ENV = "MEDCLASS_WEIGHTS"
 SUFFIXES = (".safetensors", ".pth", ".pt", ".bin")

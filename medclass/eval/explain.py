@@ -16,7 +16,7 @@ import torch
 from PIL import Image
 from torch import nn
 
-from medclass.errors import MedclassError
+from medclass.utils.errors import MedclassError
 
 
 def _has_conv(module: nn.Module) -> bool:

@@ -23,24 +23,16 @@ from omegaconf import DictConfig
 from rich.progress import track
 
 from medclass.augment import eval_transform
-from medclass.data.decode import read_image
-from medclass.data.folder import decode_resized
+from medclass.data.decode import decode_resized, read_image
 from medclass.data.scan import reason_to_skip
-from medclass.errors import MedclassError
 from medclass.eval.calibration import apply_temperature
 from medclass.module import Classifier
+from medclass.module.checkpoint import model_meta
 from medclass.module.tta import tta_views
+from medclass.utils.errors import MedclassError
 
 log = logging.getLogger("medclass")
 Skipped = tuple[Path, str]
-
-
-def model_meta(module: Classifier) -> dict[str, Any]:
-    """What preprocessing and reading the outputs need: travels inside an ONNX export too."""
-    info = module.hparams.data_info
-    return {"class_names": list(info["class_names"]), "task": info["task"], "image_size": int(info["image_size"]),
-            "in_chans": int(info["in_chans"]), "mean": list(info["mean"]), "std": list(info["std"]),
-            "symmetry": info.get("symmetry", "sided")}
 
 
 class TorchModel:
@@ -183,8 +175,8 @@ def predict_images(
 ) -> Predictions:
     """Class, confidence, top-k and per-class probabilities for each readable image in `paths`.
 
-    `model` is a Classifier (from `medclass.checkpoint.load_classifier`), a TorchModel, or an
-    OnnxModel (`medclass.export`); anything callable with a `meta` dict works. `cam_dir` saves a
+    `model` is a Classifier (from `medclass.module.checkpoint.load_classifier`), a TorchModel, or an
+    OnnxModel (`medclass.tasks.export`); anything callable with a `meta` dict works. `cam_dir` saves a
     Grad-CAM overlay per image (torch models only). Unreadable files land in `skipped`. When the
     model's `meta` carries eval.py's temperature, probabilities are calibrated (`calibrated`); when it
     carries binary thresholds, each record gets a `decision` at `operating_point` (default Youden's J),
@@ -221,7 +213,7 @@ def predict_images(
                                                                                       decision[1]))
                    for p, row, score in zip(kept, probs, raw, strict=True)]
         if cam_dir is not None:
-            from medclass.explain import save_cam_overlays
+            from medclass.eval.explain import save_cam_overlays
 
             outs = [_unique_png(cam_dir, p, used) for p in kept]
             targets = [int(np.argmax(row)) for row in probs]
@@ -293,10 +285,10 @@ def load_model(cfg: DictConfig) -> TorchModel | Any:
         if cfg.get("cam") or cfg.get("tta") not in (None, "none"):
             raise MedclassError(f"cam=true and tta={cfg.get('tta')} need the network itself: use ckpt_path=<file.ckpt> "
                                 "instead of onnx_path, or drop those options")
-        from medclass.export import OnnxModel
+        from medclass.tasks.export import OnnxModel
 
         return OnnxModel(onnx)
-    from medclass.checkpoint import load_classifier
+    from medclass.module.checkpoint import load_classifier
 
     device = cfg.get("device") or "auto"
     if device == "auto":

@@ -1,0 +1,96 @@
+"""`medclass-eval` / `python eval.py`: score a checkpoint on one split with the data config it was trained with."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from medclass.data import ClassificationDataModule
+from medclass.module import Classifier
+from medclass.module.classifier import to_plain as plain
+from medclass.tasks.build import build_trainer, scalars
+from medclass.utils.errors import MedclassError
+from medclass.utils.io import write_json
+
+log = logging.getLogger("medclass")
+
+
+def evaluate(cfg: DictConfig) -> dict[str, Any]:
+    """Evaluate a checkpoint on one split with the data config it was trained with (plus overrides)."""
+    from medclass.module.checkpoint import load_classifier
+
+    module = load_classifier(cfg.ckpt_path)
+    info = module.hparams.data_info
+    overrides = {k: v for k, v in plain(cfg.get("data") or {}).items() if v is not None}
+    data_cfg = OmegaConf.merge(module.hparams.data_cfg, overrides)
+    data_cfg.augment = None
+    for key, folder in (("split_dir", "splits"), ("cache_dir", "cache")):  # this machine's, not the trainer's
+        if key in data_cfg and key not in overrides:
+            data_cfg[key] = str(Path(cfg.paths.log_dir) / folder)
+    datamodule = instantiate(data_cfg, mean=info["mean"], std=info["std"], in_chans=info["in_chans"])
+    datamodule.prepare_data()
+    check_same_split(info.get("split_key"), datamodule.info.split_key, cfg)
+    module.eval_split = cfg.split
+    if cfg.get("tta"):
+        module.tta = cfg.tta
+    from medclass.eval.report import KeepTestOutputs
+
+    kept = KeepTestOutputs()
+    trainer = build_trainer(cfg, logger=False, callbacks=[kept])
+    results = scalars(trainer.test(module, dataloaders=datamodule.split_dataloader(cfg.split)))
+    out = Path(cfg.paths.output_dir)
+    payload = {cfg.split: results, "checkpoint": str(cfg.ckpt_path), "split_key": datamodule.info.split_key}
+    write_json(out / "metrics.json", payload)
+    log.info("metrics: %s", out / "metrics.json")
+    if cfg.get("report", True):
+        make_report(cfg, module, datamodule, out, trainer.strategy.root_device, *kept.arrays())
+    return payload
+
+
+def check_same_split(trained: str | None, now: str, cfg: DictConfig) -> None:
+    """The split being scored must be the one the model was trained with: new files under the data root
+    would otherwise move training images into the test split without a word."""
+    if not trained or trained == now:
+        return
+    message = (f"the data now give split key {now}, but {cfg.ckpt_path} was trained on split {trained} (files "
+               "added, removed or renamed, or other split settings); point data.root at the training data")
+    if cfg.get("split_check", True):
+        raise MedclassError(message + ", or pass split_check=false to score the new split anyway")
+    log.warning("%s; scoring the new split (split_check=false)", message)
+
+
+def make_report(cfg: DictConfig, module: Classifier, datamodule: ClassificationDataModule, out: Path,
+                device: torch.device, probs: np.ndarray, labels: np.ndarray) -> None:
+    """report.json, per_class.csv, figures and report.md from the test pass's probabilities; the
+    temperature is fitted on validation only (one more pass, over val)."""
+    from medclass.eval.report import collect, write_predictions, write_report
+
+    module.to(device)
+    calibrate = cfg.get("calibrate", True)
+    binary = module.hparams.data_info["task"] == "binary-class"  # operating points are chosen on val
+    # fitting a temperature or a threshold on the split it scores would flatter it: never on val itself
+    needs_val = cfg.split != "val" and (calibrate or binary)
+    val = collect(module, datamodule.split_dataloader("val"), "val") if needs_val else None
+    ckpt = Path(cfg.ckpt_path)
+    report = write_report(
+        out, split=cfg.split, probs=probs, labels=labels, data_info=module.hparams.data_info, checkpoint=str(ckpt),
+        medmnist=module.hparams.data_cfg["_target_"].endswith("MedMNISTDataModule"), val=val,
+        n_bins=cfg.get("ece_bins", 15), calibrate=calibrate,
+        run_dir=ckpt.parent.parent if ckpt.parent.name == "checkpoints" else None,
+        bootstrap=cfg.get("bootstrap", 1000), bootstrap_seed=cfg.get("bootstrap_seed", 0),
+        target_sensitivity=OmegaConf.select(cfg, "operating_point.sensitivity", default=0.95))
+    write_predictions(out / "predictions.csv", datamodule.split_items(cfg.split), datamodule.item_columns, probs,
+                      labels, module.hparams.data_info)
+    if val is not None:  # fitted on validation: what predict.py and export.py apply to new images
+        from medclass.eval import operating_file
+
+        thresholds = {name: p["threshold"] for name, p in report.get("operating_points", {}).items()
+                      if p["chosen_on"] == "val"}
+        operating_file.save(ckpt, report["calibration"].get("temperature"), thresholds,
+                            module.hparams.data_info.get("split_key", ""))
