@@ -13,6 +13,7 @@ import numpy as np
 from PIL import Image
 
 from medclass.utils.errors import MedclassError
+from medclass.utils.extras import require
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"})
 DICOM_SUFFIXES = frozenset({".dcm", ".dicom"})
@@ -35,7 +36,7 @@ def to_uint8(array: np.ndarray) -> np.ndarray:
 
 
 def read_dicom(path: Path) -> np.ndarray:
-    import pydicom
+    pydicom = require("pydicom", "dicom", f"reading the DICOM file {path}")
     from pydicom.pixels import apply_modality_lut, apply_voi_lut
 
     ds = pydicom.dcmread(path)

@@ -31,6 +31,7 @@ from medclass.data.decode import decode_resized
 from medclass.data.scan import Scan, scan_folder
 from medclass.data.splits import Row, assign_splits, groups_across_splits, read_rows, write_rows
 from medclass.utils.errors import MedclassError
+from medclass.utils.extras import MissingExtra
 
 log = logging.getLogger("medclass")
 
@@ -289,6 +290,8 @@ class FolderDataModule(ClassificationDataModule):
         for i, path in enumerate(track(paths, description=f"decoding {self.name}", transient=True)):
             try:
                 images[i] = decode_resized(path, size, chans)
+            except MissingExtra:
+                raise
             except Exception as err:  # corrupt, truncated, unreadable: reported, never silent
                 keep[i] = False
                 self.skipped.append((path, f"unreadable image ({type(err).__name__}: {err})"))

@@ -17,6 +17,7 @@ from PIL import Image
 from torch import nn
 
 from medclass.utils.errors import MedclassError
+from medclass.utils.extras import require
 
 
 def _has_conv(module: nn.Module) -> bool:
@@ -53,7 +54,7 @@ def overlay(image: np.ndarray, cam: np.ndarray) -> np.ndarray:
 def save_cam_overlays(net: nn.Module, x: torch.Tensor, targets: Sequence[int], images: Sequence[np.ndarray],
                       outs: Sequence[Path], layer: str | None = None) -> None:
     """One PNG per image in `outs`: the Grad-CAM of class `targets[i]` over the original `images[i]`."""
-    from pytorch_grad_cam import GradCAM
+    GradCAM = require("pytorch_grad_cam", "cam", "Grad-CAM overlays (cam=true)").GradCAM
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
     was_training = net.training

@@ -21,6 +21,7 @@ from medclass.module import Classifier
 from medclass.module.checkpoint import model_meta
 from medclass.module.tasks import probabilities
 from medclass.utils.errors import MedclassError
+from medclass.utils.extras import require
 
 log = logging.getLogger("medclass")
 META_KEY = "medclass"
@@ -41,7 +42,8 @@ class ProbabilityNet(nn.Module):
 def export_onnx(module: Classifier, path: str | Path, opset: int = 18, operating: dict[str, Any] | None = None) -> Path:
     """Write `path` (float32 NCHW input `image`, output `probabilities`, dynamic batch) with the metadata;
     `operating` (eval.py's temperature and thresholds) rides along in it for predict.py."""
-    import onnx
+    onnx = require("onnx", "onnx", "ONNX export")
+    require("onnxscript", "onnx", "ONNX export")
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -70,7 +72,7 @@ class OnnxModel:
     """An exported file as `probabilities = model(batch)`, with the `meta` predict.py needs."""
 
     def __init__(self, path: str | Path) -> None:
-        import onnxruntime as ort
+        ort = require("onnxruntime", "onnx", "running an ONNX file (onnx_path=)")
 
         path = Path(path)
         if not path.is_file():

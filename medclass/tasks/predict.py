@@ -30,6 +30,7 @@ from medclass.module import Classifier
 from medclass.module.checkpoint import model_meta
 from medclass.module.tta import tta_views
 from medclass.utils.errors import MedclassError
+from medclass.utils.extras import MissingExtra
 
 log = logging.getLogger("medclass")
 Skipped = tuple[Path, str]
@@ -199,6 +200,8 @@ def predict_images(
         for path in map(Path, chunk):
             try:
                 image = decode_resized(path, meta["image_size"], meta["in_chans"])
+            except MissingExtra:
+                raise
             except Exception as err:  # corrupt, truncated, unreadable: listed, never fatal
                 result.skipped.append((path, f"unreadable image ({type(err).__name__}: {err})"))
                 continue

@@ -14,7 +14,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 from medclass.data import ClassificationDataModule
-from medclass.logger import log_final_hparams
+from medclass.logger import log_config, log_final_hparams, log_run_files
 from medclass.model import pretrained_normalization
 from medclass.module import Classifier
 from medclass.module.classifier import to_plain as plain
@@ -80,6 +80,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     # no ModelCheckpoint configured (callbacks=none): none at all, not Lightning's default one
     checkpointing = {} if any(isinstance(c, ModelCheckpoint) for c in callbacks) else {"enable_checkpointing": False}
     trainer = build_trainer(cfg, callbacks=callbacks, logger=loggers or False, **checkpointing)
+    log_config(loggers, cfg)  # MLflow / W&B: the whole resolved config, before anything can fail
     n_params = sum(p.numel() for p in module.parameters())
     log.info("data %s (%s, %d classes, %d channels) | model %s, %.2fM parameters | output %s",
              cfg.data.get("name", cfg.data._target_), info.task, info.num_classes, info.in_chans,
@@ -107,6 +108,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     if trainer.is_global_zero:  # metrics are already reduced over ranks (torchmetrics, sync_dist)
         write_json(out / "metrics.json", metrics)
         log_final_hparams(loggers, cfg, metrics)
+        log_run_files(loggers, out)
         log.info("metrics: %s", out / "metrics.json")
     return metrics
 

@@ -140,7 +140,18 @@ def check_output_folder(argv: Sequence[str]) -> None:
         sys.exit(2)
 
 
+def check_extras(argv: Sequence[str]) -> None:
+    """`logger=mlflow` without mlflow installed: the pip command, not a plugin-not-found trace."""
+    from medclass.utils.extras import missing_for_command_line
+
+    missing = missing_for_command_line(argv)
+    if missing:
+        print(f"error: {missing}", file=sys.stderr)
+        sys.exit(2)
+
+
 def check_command_line(argv: Sequence[str]) -> None:
     """What Hydra would report as a long message or a stack trace, as one line and exit code 2."""
     check_group_choices(argv)
+    check_extras(argv)
     check_output_folder(argv)
