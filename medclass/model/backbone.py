@@ -77,7 +77,7 @@ def full_resolution_stem(model: nn.Module, name: str) -> None:
     """First convolution at stride 1 and no stem max-pool, as CIFAR-style ResNets (MedMNIST's ResNet-18 (28)).
 
     A 28 px image then reaches the last stage at 4 px instead of 1; the weights keep their shapes, so
-    pretrained ones still load. docs/configuration.md "Model" compares it with resizing the input.
+    pretrained ones still load. docs/models.md compares it with resizing the input.
     """
     conv = next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
     changed = conv is not None and conv.stride != (1, 1)

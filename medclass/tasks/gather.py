@@ -1,6 +1,6 @@
 """Gather the `metrics.json` of every run under a folder into one table, mean ± std over seeds.
 
-    python -m medclass.tasks.gather outputs/train/multirun/2026-11-22_10-00-00 [--out table] [--sort best_val/val/auc]
+    medclass-gather outputs/train/multirun/2026-11-22_10-00-00 [--out table] [--sort best_val/val/auc]
 
 Runs that differ only in `seed=` or `data.fold=` form one row; its `over` column says what the
 mean ± std is over ("5 folds", "3 seeds", "5 folds × 3 seeds"). Overrides shared by every run are printed once above

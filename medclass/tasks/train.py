@@ -59,7 +59,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     refuse_to_overwrite(cfg)
     check_resume_checkpoint(cfg)
     out.mkdir(parents=True, exist_ok=True)
-    zero = rank_zero_only.rank == 0  # DDP: ranks > 0 run this too (docs/sweeps.md "DDP"); only rank 0 writes and logs
+    zero = rank_zero_only.rank == 0  # DDP: ranks > 0 run this too (docs/clusters.md "DDP"); only rank 0 writes and logs
     if zero:
         OmegaConf.save(cfg, out / "config.yaml", resolve=True)
     else:

@@ -1,0 +1,68 @@
+"""The map holds: no import cycles between medclass's modules, and every config group's home package
+named in docs/configuration.md exists under that name."""
+
+from __future__ import annotations
+
+import ast
+import importlib
+import re
+from pathlib import Path
+
+from .conftest import CONF, ROOT
+
+PACKAGE = ROOT / "medclass"
+
+
+def module_name(path: Path) -> str:
+    parts = path.relative_to(ROOT).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def imports() -> dict[str, set[str]]:
+    """Each medclass module → the medclass modules it imports anywhere (top level or inside functions)."""
+    modules = {module_name(p): p for p in PACKAGE.rglob("*.py")}
+    graph: dict[str, set[str]] = {}
+    for name, path in modules.items():
+        found = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("medclass"):
+                found |= {f"{node.module}.{a.name}" if f"{node.module}.{a.name}" in modules else node.module
+                          for a in node.names}
+            elif isinstance(node, ast.Import):
+                found |= {a.name for a in node.names if a.name.startswith("medclass")}
+        graph[name] = {m for m in found if m in modules and m != name}
+    return graph
+
+
+def test_no_import_cycles() -> None:
+    graph = imports()
+    assert len(graph) > 50 and graph["medclass.tasks.train"]  # the graph was really read
+    state: dict[str, int] = {}  # 1: on the current path, 2: done
+
+    def visit(node: str, path: list[str]) -> None:
+        state[node] = 1
+        for nxt in sorted(graph[node]):
+            if state.get(nxt) == 1:
+                raise AssertionError("import cycle: " + " -> ".join([*path[path.index(nxt):], nxt]))
+            if nxt not in state:
+                visit(nxt, [*path, nxt])
+        state[node] = 2
+
+    for start in sorted(graph):
+        if start not in state:
+            visit(start, [start])
+
+
+def test_each_config_group_names_a_package_that_exists() -> None:
+    text = (ROOT / "docs" / "configuration.md").read_text().split("## Where each group lives")[1].split("\n## ")[0]
+    rows = dict(re.findall(r"^\| `([\w/]+)` \| `?([\w.]+|none)`? \|", text, re.M))
+    groups = sorted(p.name for p in CONF.iterdir() if p.is_dir() and not p.name.startswith("_"))
+    assert sorted(rows) == groups  # one row per group, no row for a group that is gone
+    for group, package in rows.items():
+        sentence = next(line for line in text.splitlines() if line.startswith(f"| `{group}` |"))
+        assert f"The `{group}` group" in sentence  # the sentence says what the group is
+        if package == "none":
+            continue
+        importlib.import_module(package)  # the package exists under that name
+        if package.startswith("medclass."):
+            assert package == f"medclass.{group}"  # same name on both sides
