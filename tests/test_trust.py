@@ -21,7 +21,7 @@ from torch.utils.data import DataLoader
 from medclass.augment import train_transform
 from medclass.data.base import ArrayDataset, init_worker
 from medclass.data.leakage import cross_split_duplicates
-from medclass.module.checkpoint import check_targets, load_classifier
+from medclass.module.checkpoint import check_targets, load_classifier, read_hparams
 from medclass.module.losses import make_loss
 from medclass.tasks.evaluate import evaluate
 from medclass.tasks.train import train
@@ -275,3 +275,19 @@ def test_dependency_floors_cover_the_apis_used() -> None:
             for d in tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]}
     assert Version("2.5.9") not in deps["lightning"] and Version("2.6.0") in deps["lightning"]
     assert "filelock" in deps  # imported by medclass.data.locate
+
+
+def test_a_checkpoint_written_before_models_became_model_still_loads(blood_run: Path, tmp_path: Path) -> None:
+    """Checkpoints name their network `medclass.models.*` from before the layout followed conf/model."""
+    source = next((blood_run / "checkpoints").glob("best-*.ckpt"))
+    ckpt = torch.load(source, map_location="cpu", weights_only=True)
+    ckpt["hyper_parameters"]["net"]["_target_"] = ckpt["hyper_parameters"]["net"]["_target_"].replace(
+        "medclass.model.", "medclass.models.")
+    assert ckpt["hyper_parameters"]["net"]["_target_"].startswith("medclass.models.")
+    old = tmp_path / "old.ckpt"
+    torch.save(ckpt, old)
+    assert read_hparams(old)["net"]["_target_"].startswith("medclass.model.")
+    loaded, reference = load_classifier(old), load_classifier(source)
+    assert type(loaded.net) is type(reference.net)
+    x = torch.rand(2, 3, 28, 28)
+    assert torch.equal(loaded.eval()(x), reference.eval()(x))
