@@ -9,7 +9,7 @@ import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from .conftest import FAST, SHARED_DATA, run_script
+from .conftest import FAST, SHARED_DATA, compose_train, run_script
 
 
 @pytest.fixture(scope="module")
@@ -114,3 +114,16 @@ def test_multirun_writes_one_folder_per_job_and_gathers(tmp_path: Path) -> None:
     rows = summarize(load_runs(sweep))
     accs = [json.loads((sweep / job / "metrics.json").read_text())["test"]["test/acc"] for job in ("0", "1")]
     assert len(rows) == 1 and rows[0]["runs"] == 2 and rows[0]["test/acc"] == pytest.approx(sum(accs) / 2)
+
+
+@pytest.mark.parametrize(("config", "key", "hint"), [("eval", "ckpt_path", "<run>/checkpoints/<file>.ckpt"),
+                                                      ("predict", "inputs", "<image, folder, 'glob' or CSV>")])
+def test_a_required_option_left_out_is_one_error_line(config: str, key: str, hint: str, tmp_path: Path,
+                                                      capsys: pytest.CaptureFixture) -> None:
+    from medclass.utils.cli import report_user_errors
+
+    cfg = compose_train([] if config == "eval" else ["ckpt_path=x.ckpt"], tmp_path, config_name=config)
+    with pytest.raises(SystemExit) as stop:
+        report_user_errors(lambda c: c[key])(cfg)  # what a command does first: read its required option
+    assert stop.value.code == 2
+    assert capsys.readouterr().err.strip() == f"error: {key} is required: add {key}={hint} to the command"

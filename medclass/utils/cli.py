@@ -19,12 +19,23 @@ CONF = Path(__file__).resolve().parents[1] / "conf"
 GROUP_CHOICE = re.compile(r"^[+~]{0,2}(?P<group>[a-z_]+(?:/[a-z_]+)*)(?:@[\w.]+)?=(?P<values>[^()\[\]{}]*)$")
 
 
+# what a required option (`???` in the config) takes, for the one-line error when it is missing
+REQUIRED_HINTS = {"ckpt_path": "<run>/checkpoints/<file>.ckpt", "inputs": "<image, folder, 'glob' or CSV>",
+                  "data.root": "<folder with one sub-folder per class>", "data.manifest": "<labels.csv>"}
+
+
 def find_user_error(err: BaseException | None) -> MedclassError | None:
-    """The MedclassError behind `err`, also when Hydra's instantiate wrapped it."""
+    """The MedclassError behind `err`, also when Hydra's instantiate wrapped it; a required option left
+    unset (`???`) counts as one too."""
+    from omegaconf.errors import MissingMandatoryValue
+
     seen = set()
     while err is not None and id(err) not in seen:
         if isinstance(err, MedclassError):
             return err
+        if isinstance(err, MissingMandatoryValue):
+            key = str(getattr(err, "full_key", "") or "").strip() or "an option"
+            return MedclassError(f"{key} is required: add {key}={REQUIRED_HINTS.get(key, '<value>')} to the command")
         seen.add(id(err))
         err = err.__cause__ or err.__context__
     return None
