@@ -57,9 +57,9 @@ def row(name: str, folder: Path, seeds: str) -> str:
     (summary,) = summarize(load_runs(folder), metrics=METRICS)
     keys = {json.loads(p.read_text())["data"]["split_key"] for p in folder.glob("*/metrics.json")}
     what, _ = RECIPES[name]
-    cells = [("–" if m not in summary else f"{summary[m]:.0f} ± {summary[m + ' std']:.0f}" if m.startswith("run/")
-              else f"{summary[m]:.4f}" if summary["runs"] == 1 else f"{summary[m]:.4f} ± {summary[m + ' std']:.4f}")
-             for m in METRICS]
+    digits = {m: 0 if m.startswith("run/") else 4 for m in METRICS}
+    cells = [("–" if m not in summary else f"{summary[m]:.{digits[m]}f}" if summary["runs"] == 1
+              else f"{summary[m]:.{digits[m]}f} ± {summary[m + ' std']:.{digits[m]}f}") for m in METRICS]
     command = f"`python train.py -m experiment={name} seed={seeds}`"
     return f"| {what} | {command} | {summary['runs']} | {' | '.join(cells)} | {', '.join(sorted(keys))} |"
 
