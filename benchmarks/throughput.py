@@ -211,7 +211,7 @@ def main() -> None:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text("\n".join([
         "# Training throughput: plain PyTorch against medclass's two augmentation paths", "",
-        f"Made by `MEDCLASS_DATA=../shared/data python benchmarks/throughput.py {' '.join(sys.argv[1:])}`".rstrip()
+        f"Made by `MEDCLASS_DATA=../shared/data python benchmarks/throughput.py {' '.join(sys.argv[1:])}".rstrip()
         + f"` ({time.strftime('%Y-%m-%d %H:%M')}, {machine}, torch {torch.__version__}): BloodMNIST 28 px, the "
         f"default CNN, batch {args.batch_size}, {args.repeats} interleaved repeats of {args.steps} timed steps "
         f"after {args.warmup} warm-up ones. Per repeat, c/a was {per_repeat}.", "", *lines, ""]))
