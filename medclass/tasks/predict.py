@@ -60,18 +60,21 @@ class Predictions:
 
 
 # -- inputs -------------------------------------------------------------------------------------
-def _expand(spec: str) -> list[tuple[Path, Path]]:
-    """(file, the folder its hidden-ness is judged from) for one file, folder (recursive) or glob."""
+def _expand(spec: str, columns: dict[Path, dict[str, str]]) -> list[tuple[Path, Path]]:
+    """(file, the folder its hidden-ness is judged from) for one file, folder (recursive), glob or CSV of
+    inputs; a CSV's other columns land in `columns`, by file."""
     path = Path(spec).expanduser()
     if path.is_file() and path.suffix.lower() == ".csv":  # a manifest: its `path` column, relative to its folder
-        return [(file, file.parent) for file in read_manifest_inputs(path)]
+        listed = read_manifest_inputs(path)
+        columns.update(listed)
+        return [(file, file.parent) for file in listed]
     if path.is_file():
         return [(path, path.parent)]
     if path.is_dir():
         return [(p, path) for p in sorted(path.rglob("*")) if p.is_file()]
     if glob.has_magic(spec):
         matches = [Path(p) for p in sorted(glob.glob(str(path), recursive=True))]
-        return [pair for m in matches for pair in _expand(str(m))]
+        return [pair for m in matches for pair in _expand(str(m), columns)]
     raise MedclassError(f"inputs={spec} is no file, folder or glob match; give an image, a folder of images or a "
                         "quoted glob such as 'scans/**/*.png'")
 
@@ -88,23 +91,15 @@ def read_manifest_inputs(manifest: Path) -> dict[Path, dict[str, str]]:
                 for row in reader if (row.get("path") or "").strip()}
 
 
-def input_columns(inputs: str | Path | Sequence[str | Path]) -> dict[Path, dict[str, str]]:
-    """The other columns of every CSV among `inputs`, by file."""
+def collect_inputs(inputs: str | Path | Sequence[str | Path],
+                   columns: dict[Path, dict[str, str]] | None = None) -> tuple[list[Path], list[Skipped]]:
+    """Candidate image files (by suffix, any case, .dcm included) and the files passed over with reasons;
+    `columns`, when given, receives the other columns of every CSV among the inputs, by file."""
     specs = [inputs] if isinstance(inputs, (str, Path)) else list(inputs)
-    columns: dict[Path, dict[str, str]] = {}
-    for spec in specs:
-        path = Path(spec).expanduser()
-        if path.is_file() and path.suffix.lower() == ".csv":
-            columns.update(read_manifest_inputs(path))
-    return columns
-
-
-def collect_inputs(inputs: str | Path | Sequence[str | Path]) -> tuple[list[Path], list[Skipped]]:
-    """Candidate image files (by suffix, any case, .dcm included) and the files passed over with reasons."""
-    specs = [inputs] if isinstance(inputs, (str, Path)) else list(inputs)
+    columns = {} if columns is None else columns
     found: dict[Path, Path] = {}
     for spec in specs:
-        for file, root in _expand(str(spec)):
+        for file, root in _expand(str(spec), columns):
             found.setdefault(file, root)
     if not found:
         raise MedclassError(f"inputs={inputs} matches no file; check the path or the glob pattern")
@@ -305,13 +300,13 @@ def run_predict(cfg: DictConfig) -> Predictions:
     """What predict.py does: inputs → predictions.csv/.json, skipped.csv (and cam/*.png) in the run folder."""
     out = Path(cfg.paths.output_dir)
     model = load_model(cfg)
-    files, skipped = collect_inputs(cfg.inputs)
+    columns: dict[Path, dict[str, str]] = {}
+    files, skipped = collect_inputs(cfg.inputs, columns)
     result = predict_images(model, files, batch_size=cfg.batch_size, k=cfg.k, threshold=cfg.threshold,
                             progress=cfg.get("progress", True), cam_dir=out / "cam" if cfg.get("cam") else None,
                             cam_layer=cfg.get("cam_layer"), calibrated=cfg.get("calibrated", True),
                             operating_point=cfg.get("operating_point"))
     result.skipped = skipped + result.skipped
-    columns = input_columns(cfg.inputs)
     for record in result.records:  # a CSV's own columns (label, patient, site, ...) beside each prediction
         if Path(record["path"]) in columns:
             record["columns"] = columns[Path(record["path"])]
