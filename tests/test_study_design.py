@@ -239,3 +239,16 @@ def test_multilabel_manifest_trains_and_eval_writes_predictions_with_its_columns
         probs = {"effusion": float(row["prob_effusion"]), "nodule": float(row["prob_nodule"])}
         assert row["predicted"] == ";".join(n for n, p in probs.items() if p > 0.5)
         assert row["correct"] == str(int(row["predicted"] == row["label"]))
+
+
+def test_manifest_takes_absolute_paths_and_stops_on_one_image_with_two_labels(tmp_path: Path) -> None:
+    elsewhere = tmp_path / "pacs"
+    rows = []
+    for i in range(12):
+        save(elsewhere / f"{i}.png", grey(60 + 120 * (i % 2), seed=i))
+        rows.append({"path": str(elsewhere / f"{i}.png"), "label": "sick" if i % 2 else "well"})
+    dm = module(tmp_path, manifest=str(write_manifest(tmp_path, rows, ("path", "label"))))
+    assert sorted(r[0] for r in dm.rows()) == sorted(r["path"] for r in rows)  # absolute, outside the CSV's folder
+    rows.append({"path": rows[0]["path"], "label": "sick"})  # image 0 again, under the other label
+    with pytest.raises(MedclassError, match="the same image is in two classes"):
+        module(tmp_path, manifest=str(write_manifest(tmp_path, rows, ("path", "label")))).setup()

@@ -200,7 +200,10 @@ class FolderDataModule(ClassificationDataModule):
             fractions = self.split_fractions
         groups = all_groups.get("train")
         for i, path in enumerate(train.files):
-            columns = {**({"group": groups[i]} if groups else {}), **(train.extra[i] if train.extra else {})}
+            extra = train.extra[i] if train.extra else {}
+            # the group the split used wins over a manifest column of the same name (group_by a regex)
+            columns = {**({"group": groups[i]} if groups else {}),
+                       **{k: v for k, v in extra.items() if not (groups and k == "group")}}
             if columns:
                 self._columns[_relative(path, self.root)] = columns
         splits = assign_splits(labels, fractions, self.split_seed, groups=groups, given=train.given or None,

@@ -21,7 +21,7 @@ import numpy as np
 
 from medclass.data.base import DataInfo
 from medclass.data.folder import FolderDataModule
-from medclass.data.scan import Scan, file_digest, reason_to_skip
+from medclass.data.scan import Scan, admit
 from medclass.data.splits import multilabel_strata
 from medclass.utils.errors import MedclassError
 
@@ -70,13 +70,7 @@ class ManifestDataModule(FolderDataModule):
         for line, record in enumerate(records, start=2):
             label = self._label(record.get("label") or "", line, record.get("path") or "")
             path = self.root / (record.get("path") or "").strip()
-            reason = "missing file" if not path.is_file() else reason_to_skip(path, self.root)
-            if reason is None:
-                digest = file_digest(path)
-                if digest in seen:
-                    reason = f"duplicate of {seen[digest]}"
-                else:
-                    seen[digest] = path
+            digest, reason = admit(path, self.root, label, seen) if path.is_file() else ("", "missing file")
             if reason:
                 scan.skipped.append((path, reason))
                 continue

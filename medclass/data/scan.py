@@ -40,7 +40,9 @@ def file_digest(path: Path) -> str:
 
 
 def _hidden(path: Path, root: Path) -> bool:
-    return any(part.startswith(".") for part in path.relative_to(root).parts)
+    """A dot in any part below `root` (a manifest's absolute path elsewhere: its file name only)."""
+    parts = path.relative_to(root).parts if path.is_relative_to(root) else (path.name,)
+    return any(part.startswith(".") for part in parts)
 
 
 def scan_folder(root: Path, what: str = "data.root") -> Scan:
@@ -59,28 +61,14 @@ def scan_folder(root: Path, what: str = "data.root") -> Scan:
             scan.skipped.append((entry, "not inside a class folder"))
         elif entry.name.startswith("."):
             scan.skipped.append((entry, "hidden folder"))
-    seen: dict[str, Path] = {}
+    seen: dict[str, tuple[Path, str]] = {}
     for class_dir in classes:
         count = 0
         for path in sorted(p for p in class_dir.rglob("*") if p.is_file()):
-            reason = reason_to_skip(path, root)
-            if reason is None:
-                try:
-                    digest = file_digest(path)
-                except OSError as err:
-                    reason = f"unreadable ({err.strerror or err})"
+            digest, reason = admit(path, root, class_dir.name, seen)
             if reason:
                 scan.skipped.append((path, reason))
                 continue
-            if digest in seen:
-                first = seen[digest]
-                if _class_of(first, root) != class_dir.name:
-                    raise MedclassError(
-                        f"the same image is in two classes: {first} and {path}; delete the wrong copy"
-                    )
-                scan.skipped.append((path, f"duplicate of {first}"))
-                continue
-            seen[digest] = path
             scan.files.append(path)
             scan.labels.append(class_dir.name)
             scan.digests.append(digest)
@@ -90,8 +78,24 @@ def scan_folder(root: Path, what: str = "data.root") -> Scan:
     return scan
 
 
-def _class_of(path: Path, root: Path) -> str:
-    return path.relative_to(root).parts[0]
+def admit(path: Path, root: Path, label: str, seen: dict[str, tuple[Path, str]]) -> tuple[str, str | None]:
+    """(content digest, None) for a usable image not seen before, else ("", why it is passed over);
+    `seen` maps digests to their first (path, label). The same image under two labels stops the run:
+    one of the two labels is wrong."""
+    reason = reason_to_skip(path, root)
+    if reason:
+        return "", reason
+    try:
+        digest = file_digest(path)
+    except OSError as err:
+        return "", f"unreadable ({err.strerror or err})"
+    if digest in seen:
+        first, first_label = seen[digest]
+        if first_label != label:
+            raise MedclassError(f"the same image is in two classes: {first} and {path}; delete the wrong copy")
+        return "", f"duplicate of {first}"
+    seen[digest] = (path, label)
+    return digest, None
 
 
 def reason_to_skip(path: Path, root: Path) -> str | None:

@@ -34,9 +34,12 @@ def _take(index: list[int], share: float, labels: Sequence[str], groups: Sequenc
         if groups is None:
             rest, taken = train_test_split(index, test_size=share, random_state=seed, stratify=y)
             return list(rest), list(taken)
-        n_splits = max(2, round(1 / share))
-        folds = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
+        # one fold of n is the smaller part: the taken share up to one half, the rest beyond it
+        small = share if share <= 0.5 else 1 - share
+        folds = StratifiedGroupKFold(n_splits=max(2, round(1 / small)), shuffle=True, random_state=seed)
         rest_at, taken_at = next(folds.split(index, y, [groups[i] for i in index]))
+        if share > 0.5:
+            rest_at, taken_at = taken_at, rest_at
     except ValueError as err:
         raise MedclassError(f"cannot make a stratified {name} split ({err}); add images or change "
                             "data.split_fractions" + (" (or check data.group_by)" if groups else "")) from err
