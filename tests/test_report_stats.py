@@ -12,7 +12,7 @@ from sklearn import metrics as skm
 
 from medclass.eval.bootstrap import bootstrap_ci, metric_values
 from medclass.eval.metrics import classification_metrics
-from medclass.eval.operating_points import confusion_at, operating_points, rates
+from medclass.eval.operating_points import confusion_at, operating_points, rates, sensitivity_threshold
 from medclass.eval.report import write_report
 
 
@@ -130,3 +130,13 @@ def test_eval_saves_temperature_and_thresholds_that_predict_and_export_apply(tmp
     run_export(compose_train([f"ckpt_path={ckpt}"], tmp_path / "export", config_name="export"))
     onnx_meta = OnnxModel(tmp_path / "export" / "model.onnx").meta
     assert onnx_meta["temperature"] == saved["temperature"] and onnx_meta["thresholds"] == saved["thresholds"]
+
+
+def test_target_sensitivity_threshold_inside_a_run_of_positives() -> None:
+    # 3 negatives below 20 positives: sensitivity 0.5 is first reached at the 10th-highest positive, a point
+    # roc_curve drops by default (no negative between it and its neighbours)
+    scores = np.r_[np.linspace(0.1, 0.3, 3), np.linspace(0.4, 1.0, 20)]
+    positive = np.r_[np.zeros(3), np.ones(20)].astype(bool)
+    threshold = sensitivity_threshold(scores, positive, 0.5)
+    assert threshold == pytest.approx(np.sort(scores[positive])[::-1][9])
+    assert (scores[positive] >= threshold).mean() == 0.5

@@ -40,8 +40,9 @@ def youden_threshold(scores: np.ndarray, positive: np.ndarray) -> float:
 
 
 def sensitivity_threshold(scores: np.ndarray, positive: np.ndarray, target: float) -> float:
-    """The highest threshold whose sensitivity on these scores reaches `target` (most specific such one)."""
-    fpr, tpr, thresholds = roc_curve(positive, scores)
+    """The highest threshold whose sensitivity on these scores reaches `target` (most specific such one);
+    every threshold is kept, since the first to reach the target may sit inside a run of positives."""
+    fpr, tpr, thresholds = roc_curve(positive, scores, drop_intermediate=False)
     reaching = np.flatnonzero(tpr >= target)
     return float(min(thresholds[reaching[0]], 1.0))
 
