@@ -1,15 +1,17 @@
 """Run tracking around Lightning's loggers (`conf/logger/`): what Lightning does not log by itself.
 
-- `log_config`: the flat resolved config (`model._target_`, `data.batch_size`, ...) as MLflow params and
-  W&B config, when the run starts, so a crashed run still says what it was.
+- `tracked_run`: the flat resolved config (`model._target_`, `data.batch_size`, ...) as MLflow params and
+  W&B config when the run starts, so a crashed run still says what it was, and each W&B run closed when
+  the job ends (failed or not), so the next job of a sweep starts its own.
 - `log_run_files`: `metrics.json`, `config.yaml` and `split.csv` as MLflow artifacts and W&B run files
-  (MLflow's `log_model` adds the checkpoints), and each W&B run closed, so the next job of a sweep
-  starts its own.
+  (MLflow's `log_model` adds the checkpoints).
 - `log_final_hparams`: TensorBoard's HPARAMS tab, the flat config beside the final figures.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -41,11 +43,20 @@ def trackers(loggers: list[Logger]) -> list[MLFlowLogger | WandbLogger]:
     return [lg for lg in loggers if isinstance(lg, (MLFlowLogger, WandbLogger))]
 
 
-def log_config(loggers: list[Logger], cfg: DictConfig) -> None:
-    """MLflow params and W&B config: every option of the resolved config under its dotted name."""
+@contextmanager
+def tracked_run(loggers: list[Logger], cfg: DictConfig) -> Iterator[None]:
+    """A job's span in MLflow / W&B: the whole resolved config under dotted names as it starts (so a crashed
+    run still says what it was), and each W&B run finished as it ends, also on failure, so the next job of
+    a sweep starts its own run instead of logging into this one."""
     flat = flat_config(cfg)
     for logger in trackers(loggers):
         logger.log_hyperparams(flat)
+    try:
+        yield
+    finally:
+        for logger in loggers:
+            if isinstance(logger, WandbLogger):
+                logger.experiment.finish()
 
 
 def log_run_files(loggers: list[Logger], out: Path) -> None:
@@ -58,7 +69,6 @@ def log_run_files(loggers: list[Logger], out: Path) -> None:
         else:
             for path in files:
                 logger.experiment.save(str(path), base_path=str(out), policy="now")
-            logger.experiment.finish()
 
 
 def log_final_hparams(loggers: list[Logger], cfg: DictConfig, metrics: dict[str, Any]) -> None:

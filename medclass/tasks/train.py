@@ -14,7 +14,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 from medclass.data import ClassificationDataModule
-from medclass.logger import log_config, log_final_hparams, log_run_files
+from medclass.logger import log_final_hparams, log_run_files, tracked_run
 from medclass.model import pretrained_normalization
 from medclass.module import Classifier
 from medclass.module.classifier import to_plain as plain
@@ -80,36 +80,36 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     # no ModelCheckpoint configured (callbacks=none): none at all, not Lightning's default one
     checkpointing = {} if any(isinstance(c, ModelCheckpoint) for c in callbacks) else {"enable_checkpointing": False}
     trainer = build_trainer(cfg, callbacks=callbacks, logger=loggers or False, **checkpointing)
-    log_config(loggers, cfg)  # MLflow / W&B: the whole resolved config, before anything can fail
-    n_params = sum(p.numel() for p in module.parameters())
-    log.info("data %s (%s, %d classes, %d channels) | model %s, %.2fM parameters | output %s",
-             cfg.data.get("name", cfg.data._target_), info.task, info.num_classes, info.in_chans,
-             cfg.model._target_.rsplit(".", 1)[-1], n_params / 1e6, out)
+    with tracked_run(loggers, cfg):  # MLflow / W&B: the config first; W&B's run closed even on failure
+        n_params = sum(p.numel() for p in module.parameters())
+        log.info("data %s (%s, %d classes, %d channels) | model %s, %.2fM parameters | output %s",
+                 cfg.data.get("name", cfg.data._target_), info.task, info.num_classes, info.in_chans,
+                 cfg.model._target_.rsplit(".", 1)[-1], n_params / 1e6, out)
 
-    summary: dict[str, Any] = {"output_dir": str(out), "seed": cfg.seed, "parameters": n_params}
-    if cfg.data.get("folds"):  # k-fold cross-validation: which fold this run validated on
-        summary.update(fold=int(cfg.data.fold), folds=int(cfg.data.folds))
-    if cfg.train:
-        start = time.perf_counter()
-        trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path, weights_only=True)
-        summary.update(train_seconds=round(time.perf_counter() - start, 1), epochs=trainer.current_epoch,
-                       steps=trainer.global_step)
-    ckpt = next((c for c in trainer.checkpoint_callbacks if isinstance(c, ModelCheckpoint)), None)
-    best = ((ckpt.best_model_path or None) if ckpt else None) or cfg.ckpt_path  # train=false tests ckpt_path
-    summary["best_checkpoint"] = best
-    metrics: dict[str, Any] = {"run": summary, "data": {"cross_split_duplicates": datamodule.duplicates,
-                                                        "groups_across_splits": datamodule.groups_across_splits,
-                                                        "split_key": info.split_key}}
-    if cfg.train:
-        metrics["best_val"] = scalars(trainer.validate(module, datamodule=datamodule, ckpt_path=best,
-                                                       verbose=False, weights_only=True))
-    if cfg.test:
-        metrics["test"] = scalars(trainer.test(module, datamodule=datamodule, ckpt_path=best, weights_only=True))
-    if trainer.is_global_zero:  # metrics are already reduced over ranks (torchmetrics, sync_dist)
-        write_json(out / "metrics.json", metrics)
-        log_final_hparams(loggers, cfg, metrics)
-        log_run_files(loggers, out)
-        log.info("metrics: %s", out / "metrics.json")
+        summary: dict[str, Any] = {"output_dir": str(out), "seed": cfg.seed, "parameters": n_params}
+        if cfg.data.get("folds"):  # k-fold cross-validation: which fold this run validated on
+            summary.update(fold=int(cfg.data.fold), folds=int(cfg.data.folds))
+        if cfg.train:
+            start = time.perf_counter()
+            trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path, weights_only=True)
+            summary.update(train_seconds=round(time.perf_counter() - start, 1), epochs=trainer.current_epoch,
+                           steps=trainer.global_step)
+        ckpt = next((c for c in trainer.checkpoint_callbacks if isinstance(c, ModelCheckpoint)), None)
+        best = ((ckpt.best_model_path or None) if ckpt else None) or cfg.ckpt_path  # train=false tests ckpt_path
+        summary["best_checkpoint"] = best
+        metrics: dict[str, Any] = {"run": summary, "data": {"cross_split_duplicates": datamodule.duplicates,
+                                                            "groups_across_splits": datamodule.groups_across_splits,
+                                                            "split_key": info.split_key}}
+        if cfg.train:
+            metrics["best_val"] = scalars(trainer.validate(module, datamodule=datamodule, ckpt_path=best,
+                                                           verbose=False, weights_only=True))
+        if cfg.test:
+            metrics["test"] = scalars(trainer.test(module, datamodule=datamodule, ckpt_path=best, weights_only=True))
+        if trainer.is_global_zero:  # metrics are already reduced over ranks (torchmetrics, sync_dist)
+            write_json(out / "metrics.json", metrics)
+            log_final_hparams(loggers, cfg, metrics)
+            log_run_files(loggers, out)
+            log.info("metrics: %s", out / "metrics.json")
     return metrics
 
 
