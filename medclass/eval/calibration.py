@@ -13,6 +13,8 @@ import numpy as np
 import torch
 from torchmetrics.functional.classification import binary_calibration_error, multiclass_calibration_error
 
+from medclass.module.tasks import probabilities
+
 EPS = 1e-7
 T_RANGE = (0.05, 20.0)
 
@@ -47,10 +49,6 @@ def to_logits(probs: np.ndarray, task: str) -> torch.Tensor:
     return torch.logit(p) if task == "multi-label" else p.log()
 
 
-def from_logits(logits: torch.Tensor, task: str) -> np.ndarray:
-    return (torch.sigmoid(logits) if task == "multi-label" else torch.softmax(logits, -1)).numpy()
-
-
 def fit_temperature(probs: np.ndarray, labels: np.ndarray, task: str) -> float:
     """The temperature minimizing validation negative log-likelihood (LBFGS over log T)."""
     logits = to_logits(probs, task)
@@ -74,7 +72,7 @@ def fit_temperature(probs: np.ndarray, labels: np.ndarray, task: str) -> float:
 
 
 def apply_temperature(probs: np.ndarray, task: str, temperature: float) -> np.ndarray:
-    return from_logits(to_logits(probs, task) / temperature, task)
+    return probabilities(to_logits(probs, task) / temperature, task).numpy()
 
 
 def calibration_summary(probs: np.ndarray, labels: np.ndarray, task: str, n_bins: int,

@@ -124,7 +124,9 @@ def load_classifier(path: str | Path, map_location: str = "cpu") -> Classifier:
     # the checkpoint holds the trained weights: building the network must not fetch or read other ones
     net.update({k: v for k, v in (("pretrained", False), ("weights", None)) if k in net})
     try:
-        return Classifier.load_from_checkpoint(path, map_location=map_location, weights_only=True, net=net)
+        # built from exactly the hyperparameters that were checked (and renamed), not the file's again
+        return Classifier.load_from_checkpoint(path, map_location=map_location, weights_only=True,
+                                               **{**hparams, "net": net})
     except Exception as err:
         raise MedclassError(f"cannot load checkpoint {path} safely ({type(err).__name__}: {err})") from err
 

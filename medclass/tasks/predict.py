@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import csv
 import glob
-import json
 import logging
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -31,6 +30,7 @@ from medclass.module.checkpoint import model_meta
 from medclass.module.tta import tta_views
 from medclass.utils.errors import MedclassError
 from medclass.utils.extras import MissingExtra
+from medclass.utils.io import write_json
 
 log = logging.getLogger("medclass")
 Skipped = tuple[Path, str]
@@ -261,9 +261,7 @@ def write_outputs(out: Path, result: Predictions, meta: dict[str, Any], source: 
     payload = {**source, "task": meta["task"], "class_names": names, "count": len(result.records),
                "predictions": result.records,
                "skipped": [{"path": str(p), "reason": why} for p, why in result.skipped]}
-    tmp = out / "predictions.json.tmp"
-    tmp.write_text(json.dumps(payload, indent=2))
-    tmp.replace(out / "predictions.json")
+    write_json(out / "predictions.json", payload, sort_keys=False)  # records keep their reading order
 
 
 def log_skipped(skipped: list[Skipped], report: Path) -> None:

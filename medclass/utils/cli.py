@@ -8,7 +8,7 @@ import os
 import re
 import sys
 import traceback
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,7 +16,8 @@ from typing import Any
 from medclass.utils.errors import MedclassError
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
-GROUP_CHOICE = re.compile(r"^[+~]{0,2}(?P<group>[a-z_]+(?:/[a-z_]+)*)(?:@[\w.]+)?=(?P<values>[^()\[\]{}]*)$")
+# group=a, group=a,b (a sweep), group=[a,b] (several configs of one group); sweeper functions are Hydra's
+GROUP_CHOICE = re.compile(r"^[+~]{0,2}(?P<group>[a-z_]+(?:/[a-z_]+)*)(?:@[\w.]+)?=\[?(?P<values>[^()\[\]{}]*?)\]?$")
 
 
 # what a required option (`???` in the config) takes, for the one-line error when it is missing
@@ -120,19 +121,25 @@ def run(main: Callable[[], Any], argv: Sequence[str] | None = None) -> None:
         sys.exit(1)
 
 
+def group_choices(argv: Sequence[str]) -> Iterator[tuple[str, list[str]]]:
+    """(group, the options chosen) for every config-group choice on the command line."""
+    for arg in argv:
+        match = GROUP_CHOICE.match(arg)
+        if match:
+            yield match["group"], [v for v in match["values"].split(",") if v]
+
+
 def check_group_choices(argv: Sequence[str], conf: Path = CONF) -> None:
     """`model=nosuch` as one `error:` line listing the options (Hydra's own message runs to 20 lines).
 
     Sweeps (`model=cnn,resnet18`) are checked choice by choice; sweeper functions are left to Hydra.
     """
-    for arg in argv:
-        match = GROUP_CHOICE.match(arg)
-        if not match or match["group"].startswith("hydra") or not (conf / match["group"]).is_dir():
+    for group, values in group_choices(argv):
+        if group.startswith("hydra") or not (conf / group).is_dir():
             continue
-        group = match["group"]
         options = sorted(p.stem for p in (conf / group).glob("*.yaml"))
-        for value in match["values"].split(","):
-            if value and value != "null" and value not in options:
+        for value in values:
+            if value != "null" and value not in options:
                 print(f"error: {group}={value} is not an option; {group} options: {', '.join(options)}",
                       file=sys.stderr)
                 sys.exit(2)
@@ -153,9 +160,9 @@ def check_output_folder(argv: Sequence[str]) -> None:
 
 def check_extras(argv: Sequence[str]) -> None:
     """`logger=mlflow` without mlflow installed: the pip command, not a plugin-not-found trace."""
-    from medclass.utils.extras import missing_for_command_line
+    from medclass.utils.extras import missing_for_choices
 
-    missing = missing_for_command_line(argv)
+    missing = missing_for_choices(group_choices(argv))
     if missing:
         print(f"error: {missing}", file=sys.stderr)
         sys.exit(2)

@@ -8,9 +8,8 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
-import re
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterable
 from types import ModuleType
 
 from medclass.utils.errors import MedclassError
@@ -22,7 +21,6 @@ CHOICES = {
     ("hparams_search", None): ("hydra_plugins.hydra_optuna_sweeper", "search"),
     ("hydra/launcher", "slurm"): ("hydra_plugins.hydra_submitit_launcher", "search"),
 }
-CHOICE = re.compile(r"^[+~]{0,2}(?P<group>[a-z_/]+)=\[?(?P<values>[\w,]+)\]?$")  # logger=[tensorboard,mlflow]
 
 
 class MissingExtra(MedclassError):
@@ -52,15 +50,12 @@ def installed(module: str) -> bool:
         return False
 
 
-def missing_for_command_line(argv: Sequence[str]) -> str | None:
-    """The message for the first group choice on the command line whose extra is not installed (checked
-    before Hydra starts, whose own message would be a plugin-not-found trace)."""
-    for arg in argv:
-        match = CHOICE.match(arg)
-        if not match:
-            continue
-        for value in match["values"].split(","):
-            need = CHOICES.get((match["group"], value)) or CHOICES.get((match["group"], None))
+def missing_for_choices(choices: Iterable[tuple[str, list[str]]]) -> str | None:
+    """The message for the first (group, options) choice whose extra is not installed, checked before Hydra
+    starts (whose own message would be a plugin-not-found trace); `utils.cli.group_choices` reads them."""
+    for group, values in choices:
+        for value in values:
+            need = CHOICES.get((group, value)) or CHOICES.get((group, None))
             if need and value not in ("null", "none") and not installed(need[0]):
-                return message(f"{match['group']}={value}", *need)
+                return message(f"{group}={value}", *need)
     return None

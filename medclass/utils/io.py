@@ -7,8 +7,9 @@ from pathlib import Path
 from typing import Any
 
 
-def write_json(path: Path, payload: dict[str, Any]) -> None:
+def write_json(path: Path, payload: dict[str, Any], sort_keys: bool = True) -> None:
+    """Written beside, then renamed over `path`: readers see the old file or the new one, never half."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(payload, indent=2, sort_keys=True))
+    tmp.write_text(json.dumps(payload, indent=2, sort_keys=sort_keys))
     tmp.replace(path)
