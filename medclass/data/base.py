@@ -6,7 +6,6 @@ channel conversion, normalization statistics, transforms and loaders live here o
 
 from __future__ import annotations
 
-import csv
 import functools
 import logging
 from collections.abc import Callable
@@ -25,6 +24,7 @@ from medclass.augment import BatchAugment, eval_transform
 from medclass.data.decode import to_channels
 from medclass.data.leakage import cross_split_duplicates
 from medclass.utils.errors import MedclassError
+from medclass.utils.io import write_csv
 
 SPLITS = ("train", "val", "test")
 log = logging.getLogger("medclass")
@@ -190,12 +190,7 @@ class ClassificationDataModule(L.LightningDataModule):
                 label = (";".join(n for n, v in zip(names, y, strict=True) if v) if info.task == "multi-label"
                          else names[int(y)])
                 rows.append({"path": item, "label": label, "split": split, **self.item_columns(item)})
-        columns = list(dict.fromkeys(k for row in rows for k in row))
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with path.open("w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=columns, restval="")
-            writer.writeheader()
-            writer.writerows(rows)
+        write_csv(path, rows)
 
     # -- shared machinery ---------------------------------------------------------------------
     @property

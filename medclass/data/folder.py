@@ -13,7 +13,6 @@ shared copy of the data keeps its split.
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import json
 import logging
@@ -32,6 +31,7 @@ from medclass.data.scan import Scan, scan_folder
 from medclass.data.splits import Row, assign_splits, groups_across_splits, read_rows, write_rows
 from medclass.utils.errors import MedclassError
 from medclass.utils.extras import MissingExtra
+from medclass.utils.io import atomic_open, write_csv
 
 log = logging.getLogger("medclass")
 
@@ -235,9 +235,7 @@ class FolderDataModule(ClassificationDataModule):
         if not skipped:
             return
         report = self.split_dir / f"{self.name}_skipped.csv"
-        report.parent.mkdir(parents=True, exist_ok=True)
-        with report.open("w", newline="") as f:
-            csv.writer(f).writerows([("path", "reason"), *skipped])
+        write_csv(report, ((str(p), why) for p, why in skipped), ("path", "reason"))
         reasons = Counter(r.split(" (")[0].split(" of ")[0] for _, r in skipped)
         log.warning("skipped %d files (%s); list: %s", len(skipped),
                     ", ".join(f"{n} {k}" for k, n in sorted(reasons.items())), report)
@@ -299,8 +297,8 @@ class FolderDataModule(ClassificationDataModule):
                 keep[i] = False
                 self.skipped.append((path, f"unreadable image ({type(err).__name__}: {err})"))
         if cache:
-            cache.parent.mkdir(parents=True, exist_ok=True)
-            np.savez(cache, images=images, keep=keep)
+            with atomic_open(cache, "wb") as f:
+                np.savez(f, images=images, keep=keep)
         return images, keep
 
 

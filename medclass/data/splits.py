@@ -16,6 +16,7 @@ from pathlib import Path
 from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold, train_test_split
 
 from medclass.utils.errors import MedclassError
+from medclass.utils.io import read_cell, write_csv
 
 Row = tuple[str, str, str]  # file path relative to data.root (test rows: data.test_root), class folder, split
 SPLIT_NAMES = ("train", "val", "test")
@@ -127,13 +128,7 @@ def groups_across_splits(groups: Sequence[str], splits: Sequence[str]) -> dict[s
 
 
 def write_rows(path: Path, rows: Sequence[Row]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    with tmp.open("w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["path", "label", "split"])
-        writer.writerows(rows)
-    tmp.replace(path)
+    write_csv(path, rows, ["path", "label", "split"])
 
 
 def read_rows(path: Path) -> list[Row]:
@@ -141,4 +136,4 @@ def read_rows(path: Path) -> list[Row]:
         reader = csv.DictReader(f)
         if reader.fieldnames != ["path", "label", "split"]:
             raise MedclassError(f"{path} is not a split file (header path,label,split); delete it to re-split")
-        return [(r["path"], r["label"], r["split"]) for r in reader]
+        return [(read_cell(r["path"]), read_cell(r["label"]), r["split"]) for r in reader]

@@ -18,6 +18,7 @@ from torch import nn
 
 from medclass.utils.errors import MedclassError
 from medclass.utils.extras import require
+from medclass.utils.io import atomic_open
 
 
 def _has_conv(module: nn.Module) -> bool:
@@ -67,5 +68,5 @@ def save_cam_overlays(net: nn.Module, x: torch.Tensor, targets: Sequence[int], i
     finally:
         net.train(was_training)
     for image, heat, out in zip(images, maps, outs, strict=True):
-        out.parent.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(overlay(image, heat)).save(out)
+        with atomic_open(out, "wb") as f:
+            Image.fromarray(overlay(image, heat)).save(f, format="PNG")

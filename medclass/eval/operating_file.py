@@ -1,21 +1,32 @@
 """What eval.py fitted on validation, saved beside the checkpoint for predict.py and export.py.
 
 `<checkpoint>.operating.json` holds the temperature (calibrated confidences) and, for binary tasks,
-the thresholds chosen on validation (Youden's J, a target sensitivity). It is plain JSON read as
-numbers: nothing in it decides which code runs.
+the thresholds chosen on validation (Youden's J, a target sensitivity). It is read as data: the
+temperature must be a finite number in (0, 100] and each threshold a finite number in [0, 1] under a
+plain name, or the command stops with one line (a NaN threshold would otherwise call every image
+positive). It is written through `medclass.utils.io`, so a link planted at its name is replaced, not
+followed.
 """
 
 from __future__ import annotations
 
-import json
 import logging
-import math
 from pathlib import Path
 from typing import Any
 
+from medclass.utils import schema as s
 from medclass.utils.errors import MedclassError
+from medclass.utils.io import write_json
 
 log = logging.getLogger("medclass")
+MAX_TEMPERATURE = 100.0
+
+VALUES = s.record({
+    "temperature": s.optional(s.number(0, MAX_TEMPERATURE, low_open=True)),
+    "thresholds": s.optional(s.mapping(s.text(64, r"[A-Za-z0-9_.]+", "a threshold name such as youden"),
+                                       s.number(0, 1), 64)),
+    "checkpoint": s.text(1024), "fitted_on": s.choice("val"), "split_key": s.text(200),
+})
 
 
 def path_for(checkpoint: str | Path) -> Path:
@@ -23,31 +34,37 @@ def path_for(checkpoint: str | Path) -> Path:
     return checkpoint.with_name(checkpoint.stem + ".operating.json")
 
 
+def check(payload: Any, source: str) -> dict[str, Any]:
+    """`{"temperature": T or None, "thresholds": {...}}` from a payload read from a file; one error line else."""
+    try:
+        data = VALUES(payload, "")
+    except s.Invalid as err:
+        raise s.Invalid(f"{source}: {str(err).lstrip('.')}; delete it or run eval.py again") from None
+    return {"temperature": data.get("temperature"), "thresholds": dict(data.get("thresholds") or {})}
+
+
 def save(checkpoint: str | Path, temperature: float | None, thresholds: dict[str, float], split_key: str) -> None:
     """Write the file (replacing an earlier evaluation's: the same checkpoint and validation split give the same
     numbers); a read-only checkpoint folder is reported, not fatal."""
     payload = {"checkpoint": Path(checkpoint).name, "fitted_on": "val", "split_key": split_key,
                "temperature": temperature, "thresholds": thresholds}
+    check(payload, "the fitted values")  # never write what load() would refuse
     path = path_for(checkpoint)
     try:
-        path.write_text(json.dumps(payload, indent=2))
+        write_json(path, payload, sort_keys=False)
         log.info("saved the temperature and thresholds for predict.py and export.py: %s", path)
     except OSError as err:
         log.warning("could not save %s (%s): predict.py will use uncalibrated confidences", path, err)
 
 
-def load(checkpoint: str | Path) -> dict[str, Any]:
-    """`{"temperature": T, "thresholds": {...}}` from the file beside `checkpoint`, or {} when there is none."""
+def load(checkpoint: str | Path, default: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The checked values of the file beside `checkpoint`; `default` (or {}) when there is none."""
+    from medclass.module.checkpoint import read_json
+
     path = path_for(checkpoint)
     if not path.is_file():
-        return {}
+        return dict(default or {})
     try:
-        data = json.loads(path.read_text())
-        temperature = data.get("temperature")
-        thresholds = {str(k): float(v) for k, v in (data.get("thresholds") or {}).items()}
-        if temperature is not None and not (isinstance(temperature, (int, float)) and math.isfinite(temperature)
-                                            and temperature > 0):
-            raise ValueError(f"temperature {temperature!r}")
-    except (ValueError, TypeError, AttributeError) as err:
-        raise MedclassError(f"{path} is not an eval.py operating file ({err}); delete it or run eval.py again") from err
-    return {"temperature": None if temperature is None else float(temperature), "thresholds": thresholds}
+        return check(read_json(path, "an operating file"), str(path))
+    except MedclassError as err:
+        raise s.Invalid(f"{err}" if str(path) in str(err) else f"{path}: {err}") from None

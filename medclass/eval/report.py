@@ -6,8 +6,6 @@ so the JSON, the CSV, the figures and the markdown always agree with each other.
 
 from __future__ import annotations
 
-import csv
-import json
 import logging
 from collections.abc import Callable
 from pathlib import Path
@@ -27,6 +25,7 @@ from medclass.eval.bootstrap import bootstrap_ci
 from medclass.eval.calibration import apply_temperature, calibration_summary, fit_temperature, reliability_bins
 from medclass.eval.metrics import classification_metrics, official
 from medclass.eval.operating_points import operating_points
+from medclass.utils.io import save_figure, write_csv, write_json, write_text
 
 log = logging.getLogger("medclass")
 
@@ -94,8 +93,8 @@ def write_report(out: Path, *, split: str, probs: np.ndarray, labels: np.ndarray
             (calibrated.argmax(1) == probs.argmax(1)).all() if task != "multi-label" else True)
     _save_figures(out, figs, split)
     _write_per_class(out / "per_class.csv", metrics["per_class"])
-    (out / "report.json").write_text(json.dumps(report, indent=2))
-    (out / "report.md").write_text(markdown(report, data_info))
+    write_json(out / "report.json", report, sort_keys=False)
+    write_text(out / "report.md", markdown(report, data_info))
     log.info("report: %s (%s)", out / "report.md", ", ".join(["report.json", "per_class.csv", *report["figures"]]))
     return report
 
@@ -104,15 +103,12 @@ def _save_figures(out: Path, figs: dict[str, Figure], split: str) -> None:
     (out / "figures").mkdir(parents=True, exist_ok=True)
     with SummaryWriter(str(out / "tensorboard")) as writer:
         for name, fig in figs.items():
-            fig.savefig(out / "figures" / f"{name}.png", bbox_inches="tight", pad_inches=0.1)
+            save_figure(fig, out / "figures" / f"{name}.png", bbox_inches="tight", pad_inches=0.1)
             writer.add_figure(f"{split}/{name}", fig, close=False)
 
 
 def _write_per_class(path: Path, rows: list[dict[str, Any]]) -> None:
-    with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+    write_csv(path, rows)
 
 
 def write_predictions(path: Path, items: list[str], columns_of: Callable[[str], dict[str, str]], probs: np.ndarray,
@@ -132,10 +128,7 @@ def write_predictions(path: Path, items: list[str], columns_of: Callable[[str], 
         row["correct"] = int(row["predicted"] == row["label"])
         rows.append({**row, **{f"prob_{n}": round(float(q), 6) for n, q in zip(names, p, strict=True)},
                      **columns_of(item)})
-    with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(dict.fromkeys(k for row in rows for k in row)), restval="")
-        writer.writeheader()
-        writer.writerows(rows)
+    write_csv(path, rows)
 
 
 def _fmt(value: float | None) -> str:

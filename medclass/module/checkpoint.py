@@ -1,134 +1,174 @@
-"""Loading checkpoints safely: tensors and plain values only, and only medclass's own building blocks.
+"""Reading a model file as data: a Lightning checkpoint (`.ckpt`) or an export (`.safetensors` + `.json`).
 
-`torch.load(weights_only=True)` stops pickled code, but a checkpoint's hyperparameters are Hydra
-configs (`net`, `optimizer`, `scheduler`, `data_cfg`), and Hydra builds whatever `_target_` names,
-nested ones included. So before anything is built from a checkpoint, every `_target_` in it must be
-a class (or a known model factory) of the families medclass builds from config; anything else, e.g.
-`pathlib.Path.unlink` tucked into `net`, stops the load with one error and nothing runs.
+A model file may come from a stranger. It is read, never run:
+- tensors and plain values only (`torch.load(weights_only=True)`; safetensors holds no code at all);
+- only the top-level keys Lightning and medclass write (`hparams` and `module_arguments`, which
+  Lightning's own loader would merge into the constructor's arguments, are refused);
+- the description (`hyper_parameters`) passes `medclass.module.hparams.validate`: known keys, plain
+  values in range, no `${`; the network and the data are registry names with checked options;
+- the Classifier is built from that checked description by medclass's own registries, with the
+  file-safe network options (no download, no other weights file), and the weights are loaded with
+  `load_state_dict(strict=True)`. Lightning's `load_from_checkpoint` is not used, and nothing read
+  from the file reaches `hydra.utils.instantiate` or OmegaConf.
 """
 
 from __future__ import annotations
 
-import inspect
-from collections.abc import Iterator
+import json
+import logging
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from medclass.model import registry as model_registry
 from medclass.module import Classifier
+from medclass.module.hparams import validate
+from medclass.utils import schema as s
 from medclass.utils.errors import MedclassError
 
-# where a checkpoint's `_target_` may point: checked on the string before anything is imported, and
-# again on the object it resolves to (`medclass.data.splits.Path.unlink` is pathlib's, not ours)
-FAMILIES = ("medclass.", "timm.", "torchvision.models.", "torch.optim.", "albumentations.", "kornia.augmentation.")
-# functions (not classes) that build a network or a pipeline; every other function is refused
-FACTORIES = frozenset({
-    "medclass.model.backbone.timm_model",
-    "medclass.augment.albu.train_transform",
-    "medclass.augment.batch.batch_train_transform",
-    "timm.models._factory.create_model",
-})
+log = logging.getLogger("medclass")
+
+# what Lightning writes at the top of a checkpoint (loops, callbacks and optimizer states for resuming)
+CKPT_KEYS = frozenset({"epoch", "global_step", "pytorch-lightning_version", "state_dict", "loops", "callbacks",
+                       "optimizer_states", "lr_schedulers", "hparams_name", "hyper_parameters",
+                       "random_state"})  # medclass.callbacks.random_state
+PRECISION_STATE = re.compile(r"[A-Za-z]*Precision(Plugin)?")  # a precision plugin's state (AMP's grad scaler)
+LEGACY_KEYS = ("hparams", "module_arguments")  # Lightning's loader merges these into the constructor's arguments
+DESCRIPTION_FORMAT = "medclass-model"
+MAX_JSON_BYTES = 16 * 2**20
+SUFFIXES = (".ckpt", ".safetensors")
 
 
-def targets(tree: Any, key: str = "") -> Iterator[tuple[str, Any]]:
-    """(dotted key, value) of every `_target_` in nested dicts and lists."""
-    if isinstance(tree, dict):
-        for k, v in tree.items():
-            where = f"{key}.{k}" if key else str(k)
-            if k == "_target_":
-                yield where, v
-            else:
-                yield from targets(v, where)
-    elif isinstance(tree, (list, tuple)):
-        for i, v in enumerate(tree):
-            yield from targets(v, f"{key}[{i}]")
+@dataclass
+class ModelFile:
+    """What a model file says, checked: its description, weights and (exports) operating values and metrics."""
+
+    path: Path
+    hparams: dict[str, Any]
+    state_dict: Mapping[str, torch.Tensor]
+    operating: dict[str, Any] = field(default_factory=dict)
 
 
-# modules renamed since a checkpoint may have been written: its targets are read under the new name
-RENAMED = {"medclass.models.": "medclass.model."}
-
-
-def renamed(tree: Any) -> Any:
-    """`tree` with every `_target_` under a renamed module spelled the current way (plain data in, plain out)."""
-    if isinstance(tree, dict):
-        out = {k: renamed(v) for k, v in tree.items()}
-        target = out.get("_target_")
-        if isinstance(target, str):
-            for old, new in RENAMED.items():
-                if target.startswith(old):
-                    out["_target_"] = new + target[len(old):]
-        return out
-    if isinstance(tree, (list, tuple)):
-        return type(tree)(renamed(v) for v in tree)
-    return tree
-
-
-def _canonical(obj: Any) -> str:
-    return f"{getattr(obj, '__module__', '')}.{getattr(obj, '__qualname__', '')}"
-
-
-def _torchvision_builder(obj: Any) -> bool:
-    import torchvision.models as tvm
-
-    return any(obj is tvm.get_model_builder(name) for name in tvm.list_models())
-
-
-def is_allowed(target: Any) -> bool:
-    """A class, or a listed factory, of the families medclass builds from config."""
-    if not isinstance(target, str) or not target.startswith(FAMILIES):
-        return False  # refused before importing anything
-    from hydra.utils import get_object
-
-    try:
-        obj = get_object(target)
-    except Exception:
-        return False
-    if not _canonical(obj).startswith(FAMILIES):
-        return False
-    if inspect.isclass(obj):
-        return True
-    return _canonical(obj) in FACTORIES or (_canonical(obj).startswith("torchvision.models.")
-                                            and _torchvision_builder(obj))
-
-
-def check_targets(tree: Any, source: str) -> None:
-    """Refuse a tree holding any `_target_` that medclass would not build; names the key and the target."""
-    for key, target in targets(tree):
-        if not is_allowed(target):
-            raise MedclassError(
-                f"{source} asks to build {target!r} (at {key}), which is not a medclass, timm, torchvision "
-                f"model, torch.optim, albumentations or kornia.augmentation class; refusing to load it "
-                "(a checkpoint must not decide which code runs)"
-            )
-
-
-def read_hparams(path: str | Path) -> dict[str, Any]:
-    """A checkpoint's hyperparameters, checked: tensors and plain values only, allowed targets only."""
+def read_checkpoint(path: str | Path, purpose: str = "load") -> dict[str, Any]:
+    """A `.ckpt` file's content (weights only, memory-mapped), its top-level keys checked."""
     path = Path(path)
     if not path.is_file():
         raise MedclassError(f"checkpoint {path} does not exist; pass ckpt_path=<run>/checkpoints/<file>.ckpt")
     try:
-        hparams = torch.load(path, map_location="cpu", weights_only=True, mmap=True).get("hyper_parameters", {})
+        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except Exception as err:
-        raise MedclassError(f"cannot load checkpoint {path} safely ({type(err).__name__}: {err})") from err
-    hparams = renamed(hparams)
-    check_targets(hparams, f"checkpoint {path}")
-    return hparams
+        raise MedclassError(f"cannot {purpose} checkpoint {path} safely ({type(err).__name__}: "
+                            f"{str(err).splitlines()[0][:300]})") from err
+    if not isinstance(ckpt, dict):
+        raise s.Invalid(f"checkpoint {path} holds a {type(ckpt).__name__}, not a Lightning checkpoint")
+    legacy = [k for k in LEGACY_KEYS if k in ckpt]
+    unknown = sorted(str(k) for k in ckpt if k not in CKPT_KEYS and k not in LEGACY_KEYS
+                     and not (isinstance(k, str) and PRECISION_STATE.fullmatch(k)))
+    if legacy or unknown:
+        raise s.Invalid(f"checkpoint {path} has top-level keys medclass does not write ({', '.join(legacy + unknown)});"
+                        " refusing it (Lightning's loader would pass them to the model; docs/reliability.md)")
+    if "hyper_parameters" not in ckpt or "state_dict" not in ckpt:
+        raise s.Invalid(f"checkpoint {path} has no hyper_parameters or state_dict; it is not a medclass checkpoint")
+    return ckpt
 
 
-def load_classifier(path: str | Path, map_location: str = "cpu") -> Classifier:
-    """The checkpoint's Classifier, built only after `read_hparams` accepted everything it names."""
-    hparams = read_hparams(path)
-    net = dict(hparams.get("net") or {})
-    # the checkpoint holds the trained weights: building the network must not fetch or read other ones
-    net.update({k: v for k, v in (("pretrained", False), ("weights", None)) if k in net})
+def description_path(weights: str | Path) -> Path:
+    """`model.safetensors` → `model.json`: the description an export writes beside its weights."""
+    return Path(weights).with_suffix(".json")
+
+
+def read_json(path: Path, what: str) -> Any:
+    """A JSON file of at most 16 MB as plain Python values; anything else is one error line."""
+    if not path.is_file():
+        raise MedclassError(f"{path} does not exist: {what}")
+    if path.stat().st_size > MAX_JSON_BYTES:
+        raise s.Invalid(f"{path} is larger than {MAX_JSON_BYTES >> 20} MB; it is not a file medclass wrote")
     try:
-        # built from exactly the hyperparameters that were checked (and renamed), not the file's again
-        return Classifier.load_from_checkpoint(path, map_location=map_location, weights_only=True,
-                                               **{**hparams, "net": net})
-    except Exception as err:
-        raise MedclassError(f"cannot load checkpoint {path} safely ({type(err).__name__}: {err})") from err
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, RecursionError, UnicodeDecodeError) as err:
+        raise s.Invalid(f"{path} is not readable JSON ({type(err).__name__}: {str(err)[:200]})") from err
+
+
+def read_export(path: Path) -> ModelFile:
+    """`<name>.safetensors` with `<name>.json` (written by `medclass-export format=safetensors`)."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    from medclass.eval import operating_file
+
+    if not path.is_file():
+        raise MedclassError(f"model file {path} does not exist; export one with medclass-export format=safetensors")
+    meta_path = description_path(path)
+    raw = read_json(meta_path, f"{path.name} needs its description {meta_path.name} beside it (written by "
+                    "medclass-export format=safetensors)")
+    header = s.record({"format": s.choice(DESCRIPTION_FORMAT), "version": s.choice(1),
+                       "hyper_parameters": lambda v, w: v, "operating": s.optional(lambda v, w: v),
+                       "metrics": s.optional(s.plain(4, 1000)), "source": s.optional(s.text())},
+                      required=("format", "version", "hyper_parameters"))
+    try:
+        meta = header(raw, "")
+    except s.Invalid as err:
+        raise s.Invalid(f"{meta_path}: {str(err).lstrip('.')}; it is not a description medclass wrote") from None
+    hparams = validate(meta["hyper_parameters"], str(meta_path))
+    operating = operating_file.check(meta.get("operating") or {}, str(meta_path))
+    try:
+        state = load_file(str(path), device="cpu")
+    except (SafetensorError, OSError, ValueError) as err:
+        raise MedclassError(f"cannot read {path} as safetensors ({type(err).__name__}: {err})") from err
+    return ModelFile(path, hparams, state, operating)
+
+
+def read_model_file(path: str | Path) -> ModelFile:
+    """A `.ckpt` or `.safetensors` model file, checked; its weights not yet loaded into anything."""
+    path = Path(path)
+    if path.suffix == ".safetensors":
+        return read_export(path)
+    ckpt = read_checkpoint(path)
+    hparams = validate(ckpt["hyper_parameters"], f"checkpoint {path}")
+    state = ckpt["state_dict"]
+    if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise s.Invalid(f"checkpoint {path}: state_dict is not a mapping of tensors")
+    return ModelFile(path, hparams, state)
+
+
+def read_hparams(path: str | Path) -> dict[str, Any]:
+    """A model file's checked description."""
+    return read_model_file(path).hparams
+
+
+def build_classifier(hparams: Mapping[str, Any]) -> Classifier:
+    """A Classifier from a checked description; the network with its file-safe options (no weights read)."""
+    arch = model_registry.ARCHITECTURES[hparams["net"]["arch"]]
+    net = {**hparams["net"], **{k: v for k, v in arch.from_file.items() if k in hparams["net"]}}
+    module = Classifier(**{**hparams, "net": net, "compile": False})
+    module.hparams.update(net=dict(hparams["net"]), compile=hparams.get("compile", False))  # as the file says
+    module.read_from_file = True
+    return module
+
+
+def load_classifier(path: str | Path, map_location: str | torch.device = "cpu") -> Classifier:
+    """The model a `.ckpt` or `.safetensors` file describes, with its weights; any fault is one error line."""
+    model_file = read_model_file(path)
+    module = build_classifier(model_file.hparams)
+    try:
+        module.load_state_dict(model_file.state_dict, strict=True)
+    except RuntimeError as err:
+        first = str(err).splitlines()
+        raise MedclassError(f"the weights in {path} do not fit the network it describes "
+                            f"({' '.join(line.strip() for line in first[:3])[:300]})") from err
+    module.model_file = model_file  # its operating values, for predict.py and export.py
+    return module.to(map_location)
+
+
+def check_resume(path: str | Path) -> None:
+    """What `train.py ckpt_path=` checks before Lightning reads the file: the same reading as `load_classifier`
+    (top-level keys, description); Lightning then restores weights, optimizer and loop state from it."""
+    ckpt = read_checkpoint(path, purpose="resume from")
+    validate(ckpt["hyper_parameters"], f"checkpoint {path}")
 
 
 def model_meta(module: Classifier) -> dict[str, Any]:

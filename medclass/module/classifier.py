@@ -1,7 +1,9 @@
 """One LightningModule for every dataset and network.
 
-Its hyperparameters are plain dicts (the network, optimizer and scheduler configs and the data
-facts), so a checkpoint rebuilds the whole model by itself and loads with `weights_only=True`.
+Its hyperparameters are plain values: the network and the data as registry descriptions
+(`{"arch": "cnn", ...}`, `{"kind": "folder", ...}`), the optimizer and scheduler configs, and the
+data facts. So a checkpoint describes the whole model by itself, loads with `weights_only=True`, and
+is rebuilt by `medclass.module.checkpoint` from its checked description, never by instantiating it.
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
+from medclass.data import registry as data_registry
+from medclass.model import registry as model_registry
 from medclass.module.finetune import freeze_named_layers, set_backbone_frozen, split_parameters
 from medclass.module.losses import class_weights as weights_for
 from medclass.module.losses import make_loss
@@ -50,10 +54,14 @@ class Classifier(L.LightningModule):
         # plain containers only: a DictConfig in hparams would need pickle to load
         net, data_info, optimizer, scheduler, data_cfg, freeze_layers, compile, class_weights = map(
             to_plain, (net, data_info, optimizer, scheduler, data_cfg, freeze_layers, compile, class_weights))
-        self.save_hyperparameters()
+        # a composed config's `_target_` becomes its registered name: what the checkpoint records
+        net = model_registry.describe(net, "model")
+        data_cfg = data_registry.describe(data_cfg, "data") if data_cfg else None
+        self.save_hyperparameters()  # reads the arguments as they are now
+        self.read_from_file = False  # set by medclass.module.checkpoint: such a module is not trained on
         self.task = data_info["task"]
         self.num_classes = len(data_info["class_names"])
-        self.net = instantiate(net, in_chans=data_info["in_chans"], num_classes=self.num_classes)
+        self.net = model_registry.build(net, in_chans=data_info["in_chans"], num_classes=self.num_classes)
         weight = weights_for(class_weights, data_info.get("class_counts") or [], data_info.get("train_size", 0),
                              self.task == "multi-label")
         self.loss = make_loss(self.task, label_smoothing, loss, weight, focal_gamma)
@@ -169,6 +177,11 @@ class Classifier(L.LightningModule):
         return [{"params": backbone, "lr": lr * scale}, {"params": head, "lr": lr}]
 
     def configure_optimizers(self) -> Any:
+        """The optimizer and scheduler of the composed config (`instantiate`), never of a file: a module read
+        from a checkpoint is refused here (train.py's `ckpt_path=` resumes with this machine's config)."""
+        if self.read_from_file:
+            raise MedclassError("a model read from a checkpoint is for evaluation and prediction; to train on, "
+                                "run train.py with ckpt_path=<file> (it builds from your config)")
         try:
             optimizer = instantiate(self.hparams.optimizer)(params=self._param_groups())
         except (ValueError, TypeError) as err:  # torch's own checks: negative lr, betas out of range, …

@@ -8,10 +8,10 @@ from typing import Any
 
 import numpy as np
 import torch
-from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from medclass.data import ClassificationDataModule
+from medclass.data import registry as data_registry
 from medclass.module import Classifier
 from medclass.module.classifier import to_plain as plain
 from medclass.tasks.build import build_trainer, scalars
@@ -26,16 +26,9 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     from medclass.module.checkpoint import load_classifier
 
     module = load_classifier(cfg.ckpt_path)
-    info = module.hparams.data_info
-    overrides = {k: v for k, v in plain(cfg.get("data") or {}).items() if v is not None}
-    data_cfg = OmegaConf.merge(module.hparams.data_cfg, overrides)
-    data_cfg.augment = None
-    for key, folder in (("split_dir", "splits"), ("cache_dir", "cache")):  # this machine's, not the trainer's
-        if key in data_cfg and key not in overrides:
-            data_cfg[key] = str(Path(cfg.paths.log_dir) / folder)
-    datamodule = instantiate(data_cfg, mean=info["mean"], std=info["std"], in_chans=info["in_chans"])
+    datamodule = rebuild_data(module, cfg)
     datamodule.prepare_data()
-    check_same_split(info.get("split_key"), datamodule.info.split_key, cfg)
+    check_same_split(module.hparams.data_info.get("split_key"), datamodule.info.split_key, cfg)
     module.eval_split = cfg.split
     if cfg.get("tta"):
         module.tta = cfg.tta
@@ -51,6 +44,24 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     if cfg.get("report", True):
         make_report(cfg, module, datamodule, out, trainer.strategy.root_device, *kept.arrays())
     return payload
+
+
+def rebuild_data(module: Classifier, cfg: DictConfig) -> ClassificationDataModule:
+    """The checkpoint's data description (checked, never instantiated) with the command line's `data.*` on top;
+    split and cache files go to this machine's folders, never to a place the file names."""
+    described = module.hparams.get("data_cfg")
+    if not described:
+        raise MedclassError(f"{cfg.ckpt_path} records no data to evaluate on (it was trained outside train.py); "
+                            "score it from Python with Trainer.test, or retrain with train.py")
+    overrides = {k: v for k, v in plain(cfg.get("data") or {}).items() if v is not None}
+    machine = {k: overrides.pop(k) for k in data_registry.MACHINE_KEYS if k in overrides}
+    description = data_registry.describe({**described, **overrides}, "data")
+    info = module.hparams.data_info
+    machine.update(augment=None, mean=info["mean"], std=info["std"], in_chans=info["in_chans"])
+    if data_registry.KINDS[description["kind"]].writes_files:
+        for key, folder in (("split_dir", "splits"), ("cache_dir", "cache")):  # this machine's, not the trainer's
+            machine.setdefault(key, str(Path(cfg.paths.log_dir) / folder))
+    return data_registry.build(description, **machine)
 
 
 def check_same_split(trained: str | None, now: str, cfg: DictConfig) -> None:
@@ -80,7 +91,7 @@ def make_report(cfg: DictConfig, module: Classifier, datamodule: ClassificationD
     ckpt = Path(cfg.ckpt_path)
     report = write_report(
         out, split=cfg.split, probs=probs, labels=labels, data_info=module.hparams.data_info, checkpoint=str(ckpt),
-        medmnist=module.hparams.data_cfg["_target_"].endswith("MedMNISTDataModule"), val=val,
+        medmnist=module.hparams.data_cfg["kind"] == "medmnist", val=val,
         n_bins=cfg.get("ece_bins", 15), calibrate=calibrate,
         run_dir=ckpt.parent.parent if ckpt.parent.name == "checkpoints" else None,
         bootstrap=cfg.get("bootstrap", 1000), bootstrap_seed=cfg.get("bootstrap_seed", 0),

@@ -14,13 +14,14 @@ model on test). Writes `<out>.md` and a numeric `<out>.csv`
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import statistics
 from collections import defaultdict
 from pathlib import Path
 
 import yaml
+
+from medclass.utils.io import write_csv, write_text
 
 METRICS = ("test/acc", "test/auc", "best_val/val/acc", "best_val/val/auc", "run/train_seconds")
 SORT_BY = "best_val/val/acc"
@@ -152,12 +153,8 @@ def main() -> None:
     table = to_markdown(rows, common_overrides([*runs, *((o, {}) for o, _, _ in failures)])) + failure_lines(failures)
     print(table)
     if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.with_suffix(".md").write_text(table + "\n")
-        with args.out.with_suffix(".csv").open("w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=list(dict.fromkeys(k for r in rows for k in r)))
-            writer.writeheader()
-            writer.writerows(rows)
+        write_text(args.out.with_suffix(".md"), table + "\n")
+        write_csv(args.out.with_suffix(".csv"), rows)
 
 
 if __name__ == "__main__":

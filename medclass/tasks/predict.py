@@ -30,7 +30,7 @@ from medclass.module.checkpoint import model_meta
 from medclass.module.tta import tta_views
 from medclass.utils.errors import MedclassError
 from medclass.utils.extras import MissingExtra
-from medclass.utils.io import write_json
+from medclass.utils.io import write_csv, write_json
 
 log = logging.getLogger("medclass")
 Skipped = tuple[Path, str]
@@ -246,18 +246,16 @@ def write_outputs(out: Path, result: Predictions, meta: dict[str, Any], source: 
               *(f"prob_{n}" for n in names), *(["cam"] if cams else [])]
     extra = list(dict.fromkeys(k for r in result.records for k in r.get("columns", {})))
     header += [f"input_{k}" if k in header else k for k in extra]
-    with (out / "predictions.csv").open("w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(header)
-        for r in result.records:
-            top = [v for t in r["top_k"] for v in (t["class"], t["probability"])]
-            writer.writerow([r["path"], r["class"], r["confidence"], *([r["decision"]] if decided else []),
-                             *([";".join(r["labels"])] if multi else []),
-                             *top, *[""] * (2 * k - len(top)), *r["probabilities"].values(),
-                             *([r.get("cam", "")] if cams else []),
-                             *(r.get("columns", {}).get(k, "") for k in extra)])
-    with (out / "skipped.csv").open("w", newline="") as f:
-        csv.writer(f).writerows([("path", "reason"), *((str(p), why) for p, why in result.skipped)])
+    rows = []
+    for r in result.records:
+        top = [v for t in r["top_k"] for v in (t["class"], t["probability"])]
+        rows.append([r["path"], r["class"], r["confidence"], *([r["decision"]] if decided else []),
+                     *([";".join(r["labels"])] if multi else []),
+                     *top, *[""] * (2 * k - len(top)), *r["probabilities"].values(),
+                     *([r.get("cam", "")] if cams else []),
+                     *(r.get("columns", {}).get(k, "") for k in extra)])
+    write_csv(out / "predictions.csv", rows, header)
+    write_csv(out / "skipped.csv", ((str(p), why) for p, why in result.skipped), ("path", "reason"))
     payload = {**source, "task": meta["task"], "class_names": names, "count": len(result.records),
                "predictions": result.records,
                "skipped": [{"path": str(p), "reason": why} for p, why in result.skipped]}
@@ -291,7 +289,9 @@ def load_model(cfg: DictConfig) -> TorchModel | Any:
         device = "cuda" if torch.cuda.is_available() else "cpu"
     from medclass.eval import operating_file
 
-    return TorchModel(load_classifier(ckpt), tta=cfg.get("tta"), device=device, operating=operating_file.load(ckpt))
+    module = load_classifier(ckpt)
+    return TorchModel(module, tta=cfg.get("tta"), device=device,
+                      operating=operating_file.load(ckpt, default=module.model_file.operating))
 
 
 def run_predict(cfg: DictConfig) -> Predictions:

@@ -20,7 +20,7 @@ from medclass.module import Classifier
 from medclass.module.classifier import to_plain as plain
 from medclass.tasks.build import build_trainer, instantiate_all, scalars
 from medclass.utils.errors import MedclassError
-from medclass.utils.io import write_json
+from medclass.utils.io import write_json, write_text
 
 log = logging.getLogger("medclass")
 
@@ -36,9 +36,10 @@ def refuse_to_overwrite(cfg: DictConfig) -> None:
 
 
 def check_resume_checkpoint(cfg: DictConfig) -> None:
-    """`ckpt_path=` must name a checkpoint whose hyperparameters build only medclass's own objects;
-    `train=false` needs one (it would test random weights otherwise)."""
-    from medclass.module.checkpoint import read_hparams
+    """`ckpt_path=` must name a checkpoint that passes the same reading as eval.py's (top-level keys and the
+    description checked) before Lightning touches it; `train=false` needs one (it would test random weights
+    otherwise)."""
+    from medclass.module.checkpoint import check_resume
 
     if not cfg.train and cfg.ckpt_path is None:
         raise MedclassError("train=false tests a trained model: add ckpt_path=<run>/checkpoints/<file>.ckpt "
@@ -50,7 +51,7 @@ def check_resume_checkpoint(cfg: DictConfig) -> None:
         path = Path(str(OmegaConf.select(cfg, "callbacks.model_checkpoint.dirpath") or "")) / "last.ckpt"
         if not path.is_file():
             return  # Lightning starts afresh (docs/reliability.md)
-    read_hparams(path)
+    check_resume(path)
 
 
 def train(cfg: DictConfig) -> dict[str, Any]:
@@ -61,7 +62,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
     zero = rank_zero_only.rank == 0  # DDP: ranks > 0 run this too (docs/clusters.md "DDP"); only rank 0 writes and logs
     if zero:
-        OmegaConf.save(cfg, out / "config.yaml", resolve=True)
+        write_text(out / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
     else:
         log.setLevel(logging.WARNING)
     L.seed_everything(cfg.seed, workers=True)

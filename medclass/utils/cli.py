@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from medclass.utils.errors import MedclassError
+from medclass.utils.io import write_text
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 # group=a, group=a,b (a sweep), group=[a,b] (several configs of one group); sweeper functions are Hydra's
@@ -71,7 +72,7 @@ def record_failed_job(err: BaseException, user_error: MedclassError | None) -> N
     message = str(user_error) if user_error else f"{type(err).__name__}: {err}"
     folder.mkdir(parents=True, exist_ok=True)
     trace = "".join(traceback.format_exception(err))
-    (folder / ERROR_FILE).write_text(f"error: {message}\noverrides: {overrides}\n\n{trace}")
+    write_text(folder / ERROR_FILE, f"error: {message}\noverrides: {overrides}\n\n{trace}")
     SWEEP.failed.append(f"{overrides}: {message} ({folder / ERROR_FILE})")
     logging.getLogger("medclass").error("job failed, the sweep goes on: %s (%s)", message, folder / ERROR_FILE)
 

@@ -1,0 +1,193 @@
+"""Small validators for what medclass reads from files: plain values, known keys, bounded sizes.
+
+A checkpoint's description, `<name>.json` beside a `.safetensors` file and eval's operating file are
+read as data. Each value goes through a `Check`: a function `(value, where) -> value` that returns
+the value (lists and dicts rebuilt as plain Python containers) or raises `Invalid` naming where it
+is (`data_info.image_size`), what it was (shortened) and what was expected. Strings are refused when
+they hold `${` (an OmegaConf interpolation, which nothing here would resolve, but which must not
+reach anything that might) or control characters.
+
+Hand-written rather than pydantic: the rules are few, the messages must be one line naming the key,
+and nothing here should import more than the standard library.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from medclass.utils.errors import MedclassError
+
+Check = Callable[[Any, str], Any]
+CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
+
+
+class Invalid(MedclassError):
+    """A value read from a file that medclass does not write."""
+
+
+def _show(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def fail(where: str, value: Any, expected: str) -> Invalid:
+    return Invalid(f"{where}={_show(value)}: expected {expected}")
+
+
+def text(max_len: int = 4096, pattern: str | None = None, hint: str = "") -> Check:
+    """A string without `${`, control characters (tab and newline allowed) or more than `max_len` characters;
+    with `pattern`, one that matches it whole."""
+    compiled = re.compile(pattern) if pattern else None
+
+    def check(value: Any, where: str) -> str:
+        if not isinstance(value, str):
+            raise fail(where, value, "a string")
+        if "${" in value:
+            raise fail(where, value, "plain text (an interpolation '${' is never resolved from a file)")
+        if len(value) > max_len or CONTROL.search(value) or (compiled and not compiled.fullmatch(value)):
+            raise fail(where, value, hint or f"text of at most {max_len} characters without control characters")
+        return value
+
+    return check
+
+
+def name(max_len: int = 256) -> Check:
+    """A plain name that may become part of a file name: no path separator, not `.` or `..`, no control
+    characters."""
+    base = text(max_len)
+
+    def check(value: Any, where: str) -> str:
+        value = base(value, where)
+        if not value.strip() or "/" in value or "\\" in value or value in (".", ".."):
+            raise fail(where, value, "a plain name (no '/', '\\', not empty, '.' or '..')")
+        return value
+
+    return check
+
+
+def boolean(value: Any, where: str) -> bool:
+    if not isinstance(value, bool):
+        raise fail(where, value, "true or false")
+    return value
+
+
+def integer(lo: int, hi: int) -> Check:
+    def check(value: Any, where: str) -> int:
+        if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
+            raise fail(where, value, f"a whole number from {lo} to {hi}")
+        return int(value)
+
+    return check
+
+
+def number(lo: float, hi: float, low_open: bool = False) -> Check:
+    """A finite number in [lo, hi] (or (lo, hi] with `low_open`)."""
+
+    def check(value: Any, where: str) -> float:
+        ok = (not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
+              and (lo < value if low_open else lo <= value) and value <= hi)
+        if not ok:
+            raise fail(where, value, f"a finite number in {'(' if low_open else '['}{lo:g}, {hi:g}]")
+        return float(value)
+
+    return check
+
+
+def choice(*values: Any) -> Check:
+    def check(value: Any, where: str) -> Any:
+        if isinstance(value, bool) or value not in values or isinstance(value, (list, dict)):
+            raise fail(where, value, f"one of {', '.join(map(str, values))}")
+        return value
+
+    return check
+
+
+def optional(inner: Check) -> Check:
+    def check(value: Any, where: str) -> Any:
+        return None if value is None else inner(value, where)
+
+    return check
+
+
+def either(*checks: Check, expected: str) -> Check:
+    """The first check that accepts the value."""
+
+    def check(value: Any, where: str) -> Any:
+        for c in checks:
+            try:
+                return c(value, where)
+            except Invalid:
+                continue
+        raise fail(where, value, expected)
+
+    return check
+
+
+def list_of(item: Check, lo: int = 0, hi: int = 10_000) -> Check:
+    def check(value: Any, where: str) -> list[Any]:
+        if not isinstance(value, (list, tuple)) or not lo <= len(value) <= hi:
+            raise fail(where, value, f"a list of {lo} to {hi} items")
+        return [item(v, f"{where}[{i}]") for i, v in enumerate(value)]
+
+    return check
+
+
+def mapping(key: Check, value: Check, hi: int = 10_000) -> Check:
+    def check(tree: Any, where: str) -> dict[str, Any]:
+        if not isinstance(tree, Mapping) or len(tree) > hi:
+            raise fail(where, tree, f"a mapping of at most {hi} entries")
+        return {key(k, f"{where} key"): value(v, f"{where}.{k}") for k, v in tree.items()}
+
+    return check
+
+
+def record(fields: Mapping[str, Check], required: tuple[str, ...] = (), extra: Check | None = None) -> Check:
+    """A mapping whose keys are `fields` (each checked by its own Check), `required` ones present; a key
+    outside `fields` is refused unless `extra` checks it."""
+
+    def check(tree: Any, where: str) -> dict[str, Any]:
+        if not isinstance(tree, Mapping):
+            raise fail(where, tree, "a mapping")
+        missing = [k for k in required if k not in tree]
+        if missing:
+            raise Invalid(f"{where} has no {', '.join(missing)}")
+        out = {}
+        for k, v in tree.items():
+            at = f"{where}.{k}" if where else str(k)
+            if k in fields:
+                out[k] = fields[k](v, at)
+            elif extra is not None and isinstance(k, str):
+                text(100)(k, f"{at} (key)")
+                out[k] = extra(v, at)
+            else:
+                raise Invalid(f"{at} is not a key medclass writes here (known: {', '.join(sorted(fields))})")
+        return out
+
+    return check
+
+
+def scalar(value: Any, where: str) -> Any:
+    """null, a boolean, a finite number or plain text."""
+    if value is None or isinstance(value, bool):
+        return value
+    if isinstance(value, (int, float)):
+        return number(-1e12, 1e12)(value, where) if isinstance(value, float) else integer(-10**12, 10**12)(value, where)
+    return text(1024)(value, where)
+
+
+def plain(depth: int = 3, hi: int = 256) -> Check:
+    """Scalars, and lists and string-keyed mappings of them, nested at most `depth` deep."""
+
+    def check(value: Any, where: str) -> Any:
+        if isinstance(value, (list, tuple)) and depth > 0:
+            return list_of(plain(depth - 1, hi), 0, hi)(value, where)
+        if isinstance(value, Mapping) and depth > 0:
+            return mapping(text(100), plain(depth - 1, hi), hi)(value, where)
+        if isinstance(value, (list, tuple, Mapping)):
+            raise fail(where, value, f"values nested at most {depth} deep")
+        return scalar(value, where)
+
+    return check
