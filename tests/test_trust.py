@@ -21,7 +21,7 @@ from torch.utils.data import DataLoader
 from medclass.augment import train_transform
 from medclass.data.base import ArrayDataset, init_worker
 from medclass.data.leakage import cross_split_duplicates
-from medclass.module.checkpoint import check_targets, load_classifier, read_hparams
+from medclass.module.checkpoint import load_classifier, read_hparams
 from medclass.module.losses import make_loss
 from medclass.tasks.evaluate import evaluate
 from medclass.tasks.train import train
@@ -32,9 +32,9 @@ from .conftest import CONF, FAST, ROOT, clean_tree, compose_train, run_script, w
 QUIET = ["callbacks.progress_bar=null", "trainer.enable_progress_bar=false"]
 
 
-# -- checkpoints build only what medclass builds ---------------------------------------------------
+# -- checkpoints name registered networks and data kinds, never code -----------------------------------
 def poisoned(blood_run: Path, tmp_path: Path, where: str, target: str) -> tuple[Path, Path]:
-    """A copy of a real checkpoint whose hparams would delete `victim` if anything built them."""
+    """A copy of a real checkpoint whose hparams would delete `victim` if anything instantiated them."""
     victim = tmp_path / "victim.txt"
     victim.write_text("precious")
     ckpt = torch.load(next((blood_run / "checkpoints").glob("best-*.ckpt")), map_location="cpu", weights_only=True)
@@ -48,15 +48,25 @@ def poisoned(blood_run: Path, tmp_path: Path, where: str, target: str) -> tuple[
     return path, victim
 
 
-@pytest.mark.parametrize(("where", "target"), [("net", "pathlib.Path.unlink"),
-                                                ("data_cfg", "medclass.data.splits.Path.unlink"),
-                                                ("net", "os.remove")])
+@pytest.mark.parametrize(("where", "target", "message"), [
+    ("net", "pathlib.Path.unlink", r"net.extra is not a key medclass writes here"),
+    ("data_cfg", "medclass.data.splits.Path.unlink", r"data_cfg.root=\{'_target_': .*expected a string"),
+    ("net", "os.remove", r"net.extra is not a key")])
 def test_a_foreign_target_anywhere_in_a_checkpoint_is_refused(blood_run: Path, tmp_path: Path, where: str,
-                                                              target: str) -> None:
+                                                              target: str, message: str) -> None:
     path, victim = poisoned(blood_run, tmp_path, where, target)
-    with pytest.raises(MedclassError, match=rf"asks to build '{target}' \(at {where}\."):
+    with pytest.raises(MedclassError, match=message):
         load_classifier(path)
     assert victim.read_text() == "precious"
+
+
+@pytest.mark.parametrize("target", ["pathlib.Path.unlink", "medclass.data.splits.Path.unlink", "builtins.eval"])
+def test_a_network_target_that_is_not_registered_is_refused(blood_run: Path, tmp_path: Path, target: str) -> None:
+    ckpt = torch.load(next((blood_run / "checkpoints").glob("best-*.ckpt")), map_location="cpu", weights_only=True)
+    ckpt["hyper_parameters"]["net"] = {"_target_": target, "_args_": [str(tmp_path / "victim")]}
+    torch.save(ckpt, tmp_path / "old-style.ckpt")
+    with pytest.raises(MedclassError, match=rf"net._target_='{target}' is not one of medclass's networks"):
+        load_classifier(tmp_path / "old-style.ckpt")
 
 
 def test_eval_refuses_a_poisoned_checkpoint_with_one_error_line(blood_run: Path, tmp_path: Path) -> None:
@@ -64,28 +74,14 @@ def test_eval_refuses_a_poisoned_checkpoint_with_one_error_line(blood_run: Path,
     proc = run_script("eval.py", f"ckpt_path={path}", f"hydra.run.dir={tmp_path / 'out'}")
     assert proc.returncode == 2, proc.stderr[-2000:]
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
-    assert len(errors) == 1 and "'pathlib.Path.unlink' (at net.extra.nested[0]._target_)" in errors[0]
+    assert len(errors) == 1 and "net.extra is not a key medclass writes here" in errors[0]
     assert "Traceback" not in proc.stderr and victim.read_text() == "precious"
-
-
-@pytest.mark.parametrize("command", ["predict", "export"])
-def test_predict_and_export_refuse_a_poisoned_checkpoint(blood_run: Path, tmp_path: Path, command: str) -> None:
-    """The same loader as eval.py (whose command line is tested above), run in-process to save a start-up."""
-    from medclass.tasks.export import run_export
-    from medclass.tasks.predict import run_predict
-
-    path, victim = poisoned(blood_run, tmp_path, "data_cfg", "medclass.data.splits.Path.unlink")
-    extra = [f"inputs={tmp_path}"] if command == "predict" else []
-    cfg = compose_train([f"ckpt_path={path}", *extra], tmp_path / "out", config_name=command)
-    with pytest.raises(MedclassError, match=r"'medclass.data.splits.Path.unlink' \(at data_cfg.root._target_\)"):
-        (run_predict if command == "predict" else run_export)(cfg)
-    assert victim.read_text() == "precious"
 
 
 def test_resuming_from_a_poisoned_checkpoint_is_refused(blood_run: Path, blood_root: Path, tmp_path: Path) -> None:
     path, victim = poisoned(blood_run, tmp_path, "data_cfg", "medclass.data.splits.Path.unlink")
     cfg = compose_train([f"data.root={blood_root}", f"ckpt_path={path}", *FAST], tmp_path / "run")
-    with pytest.raises(MedclassError, match=r"asks to build 'medclass.data.splits.Path.unlink' \(at data_cfg.root"):
+    with pytest.raises(MedclassError, match=r"data_cfg.root=\{'_target_'"):
         train(cfg)
     assert victim.read_text() == "precious" and not (tmp_path / "run" / "checkpoints").exists()
 
@@ -96,19 +92,20 @@ SHIPPED = {group: sorted(p.stem for p in (CONF / group).glob("*.yaml"))
 
 @pytest.mark.parametrize(("group", "option"), [(g, o) for g, opts in SHIPPED.items() for o in opts]
                          + [("experiment", p.stem) for p in sorted((CONF / "experiment").glob("*.yaml"))])
-def test_every_shipped_config_passes_the_allow_list(tmp_path: Path, group: str, option: str) -> None:
+def test_every_shipped_config_maps_onto_the_registries(tmp_path: Path, group: str, option: str) -> None:
+    """What a checkpoint of each shipped config records passes the schema a loaded checkpoint must pass."""
+    from medclass.data import registry as data_registry
+    from medclass.model import registry as model_registry
+    from medclass.module.hparams import validate
+
     cfg = OmegaConf.to_container(compose_train([f"{group}={option}"], tmp_path), resolve=True)
-    hparams = {**cfg["module"], "data_cfg": cfg["data"]}  # what a checkpoint of this config holds
-    assert hparams["net"]["_target_"].startswith("medclass.model.")
-    check_targets(hparams, f"{group}={option}")  # raises for a target the allow-list misses
-
-
-def test_allow_list_accepts_model_families_and_refuses_functions_that_are_not_builders() -> None:
-    check_targets({"a": {"_target_": "torchvision.models.resnet18"}, "b": {"_target_": "timm.create_model"},
-                   "c": {"_target_": "torch.optim.lr_scheduler.StepLR"}}, "test")
-    for target in ("medclass.utils.io.write_json", "torch.load", "timm.models.load_checkpoint", "builtins.eval", 7):
-        with pytest.raises(MedclassError, match="refusing"):
-            check_targets({"x": [{"_target_": target}]}, "test")
+    module = {k: v for k, v in cfg["module"].items() if not k.startswith("_")}
+    info = {"task": "multi-class", "class_names": ["a", "b"], "in_chans": 1, "image_size": 28, "mean": [0.5],
+            "std": [0.25]}
+    hparams = {**module, "net": model_registry.describe(cfg["model"]), "data_info": info,
+               "data_cfg": data_registry.describe(cfg["data"])}
+    assert hparams["net"]["arch"] in model_registry.ARCHITECTURES
+    assert validate(hparams, f"{group}={option}") == hparams  # raises for anything the schema misses
 
 
 # -- splits that hold still, recorded in every run ---------------------------------------------------
@@ -277,17 +274,39 @@ def test_dependency_floors_cover_the_apis_used() -> None:
     assert "filelock" in deps  # imported by medclass.data.locate
 
 
-def test_a_checkpoint_written_before_models_became_model_still_loads(blood_run: Path, tmp_path: Path) -> None:
-    """Checkpoints name their network `medclass.models.*` from before the layout followed conf/model."""
-    source = next((blood_run / "checkpoints").glob("best-*.ckpt"))
-    ckpt = torch.load(source, map_location="cpu", weights_only=True)
-    ckpt["hyper_parameters"]["net"]["_target_"] = ckpt["hyper_parameters"]["net"]["_target_"].replace(
-        "medclass.model.", "medclass.models.")
-    assert ckpt["hyper_parameters"]["net"]["_target_"].startswith("medclass.models.")
-    old = tmp_path / "old.ckpt"
-    torch.save(ckpt, old)
-    assert read_hparams(old)["net"]["_target_"].startswith("medclass.model.")
-    loaded, reference = load_classifier(old), load_classifier(source)
-    assert type(loaded.net) is type(reference.net)
-    x = torch.rand(2, 3, 28, 28)
-    assert torch.equal(loaded.eval()(x), reference.eval()(x))
+OLD_MAIN = ROOT / "tests" / "data" / "main-19f83ad.ckpt"  # written by main before the registries (about: .json)
+
+
+@pytest.mark.parametrize("module_name", ["medclass.model.", "medclass.models."])
+def test_checkpoints_of_earlier_mains_load_through_the_registry(tmp_path: Path, module_name: str) -> None:
+    """Their `net` and `data_cfg` carry `_target_`s (`medclass.models.*` before the layout followed conf/model):
+    medclass's own are mapped onto registry names, with the same network and weights."""
+    ckpt = torch.load(OLD_MAIN, map_location="cpu", weights_only=True)
+    assert ckpt["hyper_parameters"]["net"]["_target_"] == "medclass.model.SimpleCNN"
+    ckpt["hyper_parameters"]["net"]["_target_"] = module_name + "SimpleCNN"
+    torch.save(ckpt, tmp_path / "old.ckpt")
+    hparams = read_hparams(tmp_path / "old.ckpt")
+    assert hparams["net"] == {"arch": "cnn", "widths": [4, 8], "convs_per_block": 2, "block_dropout": 0.0,
+                              "hidden": 8, "dropout": 0.3}
+    assert hparams["data_cfg"]["kind"] == "medmnist" and "augment" not in hparams["data_cfg"]
+    loaded = load_classifier(tmp_path / "old.ckpt").eval()
+    x = torch.rand(2, 3, 28, 28, generator=torch.Generator().manual_seed(0))
+    state = {k.removeprefix("net."): v for k, v in ckpt["state_dict"].items() if k.startswith("net.")}
+    from medclass.model import SimpleCNN
+
+    reference = SimpleCNN(3, 8, widths=[4, 8], hidden=8).eval()
+    reference.load_state_dict(state)
+    torch.testing.assert_close(loaded(x), reference(x), rtol=0, atol=1e-6)  # channels_last: not bit-equal
+
+
+def test_a_checkpoint_of_the_previous_main_evaluates_to_the_same_metrics(tmp_path: Path) -> None:
+    """eval.py on the committed checkpoint of main 19f83ad gives what that main's eval.py gave (its .json)."""
+    expected = json.loads(OLD_MAIN.with_suffix(".json").read_text())
+    data = write_npz(tmp_path / "medmnist", "bloodmnist", channels=3, classes=8, n=(64, 48, 48)).parent
+    ckpt = tmp_path / "old.ckpt"
+    ckpt.write_bytes(OLD_MAIN.read_bytes())
+    cfg = compose_train([f"ckpt_path={ckpt}", f"data.root={data}", "bootstrap=200"], tmp_path / "eval",
+                        config_name="eval")
+    assert evaluate(cfg)["test"] == expected["test"]
+    operating = json.loads((tmp_path / "old.operating.json").read_text())
+    assert operating["temperature"] == pytest.approx(expected["temperature"])

@@ -43,6 +43,15 @@ def check(payload: Any, source: str) -> dict[str, Any]:
     return {"temperature": data.get("temperature"), "thresholds": dict(data.get("thresholds") or {})}
 
 
+def check_existing(checkpoint: str | Path) -> None:
+    """Before eval.py computes anything: a file it would replace must be one it wrote (or none), so nothing
+    planted or damaged beside a checkpoint is overwritten without a word."""
+    try:
+        load(checkpoint)
+    except s.Invalid as err:
+        raise s.Invalid(f"{err}; eval.py does not overwrite a file it cannot read as its own") from None
+
+
 def save(checkpoint: str | Path, temperature: float | None, thresholds: dict[str, float], split_key: str) -> None:
     """Write the file (replacing an earlier evaluation's: the same checkpoint and validation split give the same
     numbers); a read-only checkpoint folder is reported, not fatal."""
@@ -58,10 +67,14 @@ def save(checkpoint: str | Path, temperature: float | None, thresholds: dict[str
 
 
 def load(checkpoint: str | Path, default: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The checked values of the file beside `checkpoint`; `default` (or {}) when there is none."""
+    """The checked values of the file beside `checkpoint`; `default` (or {}) when there is none. A symbolic
+    link at its name is refused: eval.py writes a plain file there, so a link was planted."""
     from medclass.module.checkpoint import read_json
 
     path = path_for(checkpoint)
+    if path.is_symlink():
+        raise s.Invalid(f"{path} is a symbolic link, not the file eval.py writes; refusing to read or replace it "
+                        "(delete it, then run eval.py again)")
     if not path.is_file():
         return dict(default or {})
     try:

@@ -25,7 +25,10 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     """Evaluate a checkpoint on one split with the data config it was trained with (plus overrides)."""
     from medclass.module.checkpoint import load_classifier
 
+    from medclass.eval import operating_file
+
     module = load_classifier(cfg.ckpt_path)
+    operating_file.check_existing(cfg.ckpt_path)
     datamodule = rebuild_data(module, cfg)
     datamodule.prepare_data()
     check_same_split(module.hparams.data_info.get("split_key"), datamodule.info.split_key, cfg)
