@@ -11,9 +11,9 @@ import pytest
 import timm
 import torch
 import torchvision
-from hydra.utils import instantiate
 from PIL import Image
 
+from medclass.data import registry as data_registry
 from medclass.eval.explain import target_layer
 from medclass.module import Classifier
 from medclass.module.checkpoint import load_classifier
@@ -138,8 +138,8 @@ def training_pipeline_probabilities(ckpt: Path) -> dict[Path, torch.Tensor]:
     (the checkpoint's own data config, evaluation transform), computed here without medclass.tasks.predict."""
     module = load_classifier(ckpt).eval()
     info = module.hparams.data_info
-    data_cfg = {**module.hparams.data_cfg, "augment": None}
-    dm = instantiate(data_cfg, mean=info["mean"], std=info["std"], in_chans=info["in_chans"])
+    dm = data_registry.build(module.hparams.data_cfg, mean=info["mean"], std=info["std"], in_chans=info["in_chans"],
+                             split_dir=str(ckpt.parents[1] / "splits"), cache_dir=None)
     dm.setup()
     out = {}
     for split in ("train", "val", "test"):

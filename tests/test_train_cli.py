@@ -32,7 +32,7 @@ def test_checkpoint_holds_only_plain_values(trained_run: Path) -> None:
     ckpt = next((trained_run / "checkpoints").glob("best-*.ckpt"))
     state = torch.load(ckpt, map_location="cpu", weights_only=True)
     hp = state["hyper_parameters"]
-    assert hp["data_info"]["class_names"][0] == "basophil" and hp["net"]["_target_"].endswith("SimpleCNN")
+    assert hp["data_info"]["class_names"][0] == "basophil" and hp["net"]["arch"] == "cnn"
 
 
 def test_tensorboard_events_read_back(trained_run: Path) -> None:

@@ -37,6 +37,7 @@ def path_for(checkpoint: str | Path) -> Path:
 def check(payload: Any, source: str) -> dict[str, Any]:
     """`{"temperature": T or None, "thresholds": {...}}` from a payload read from a file; one error line else."""
     try:
+        s.no_interpolation(payload, "")
         data = VALUES(payload, "")
     except s.Invalid as err:
         raise s.Invalid(f"{source}: {str(err).lstrip('.')}; delete it or run eval.py again") from None
@@ -69,8 +70,6 @@ def save(checkpoint: str | Path, temperature: float | None, thresholds: dict[str
 def load(checkpoint: str | Path, default: dict[str, Any] | None = None) -> dict[str, Any]:
     """The checked values of the file beside `checkpoint`; `default` (or {}) when there is none. A symbolic
     link at its name is refused: eval.py writes a plain file there, so a link was planted."""
-    from medclass.module.checkpoint import read_json
-
     path = path_for(checkpoint)
     if path.is_symlink():
         raise s.Invalid(f"{path} is a symbolic link, not the file eval.py writes; refusing to read or replace it "
@@ -78,6 +77,6 @@ def load(checkpoint: str | Path, default: dict[str, Any] | None = None) -> dict[
     if not path.is_file():
         return dict(default or {})
     try:
-        return check(read_json(path, "an operating file"), str(path))
+        return check(s.read_json(path, "an operating file"), str(path))
     except MedclassError as err:
         raise s.Invalid(f"{err}" if str(path) in str(err) else f"{path}: {err}") from None

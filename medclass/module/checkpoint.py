@@ -14,7 +14,6 @@ A model file may come from a stranger. It is read, never run:
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 from collections.abc import Mapping
@@ -35,11 +34,11 @@ log = logging.getLogger("medclass")
 # what Lightning writes at the top of a checkpoint (loops, callbacks and optimizer states for resuming)
 CKPT_KEYS = frozenset({"epoch", "global_step", "pytorch-lightning_version", "state_dict", "loops", "callbacks",
                        "optimizer_states", "lr_schedulers", "hparams_name", "hyper_parameters",
-                       "random_state"})  # medclass.callbacks.random_state
+                       "random_state",  # medclass.callbacks.random_state
+                       "averaging_state", "current_model_state"})  # Lightning's WeightAveraging (callbacks.ema)
 PRECISION_STATE = re.compile(r"[A-Za-z]*Precision(Plugin)?")  # a precision plugin's state (AMP's grad scaler)
 LEGACY_KEYS = ("hparams", "module_arguments")  # Lightning's loader merges these into the constructor's arguments
 DESCRIPTION_FORMAT = "medclass-model"
-MAX_JSON_BYTES = 16 * 2**20
 SUFFIXES = (".ckpt", ".safetensors")
 
 
@@ -53,7 +52,7 @@ class ModelFile:
     operating: dict[str, Any] = field(default_factory=dict)
 
 
-def read_checkpoint(path: str | Path, purpose: str = "load") -> dict[str, Any]:
+def read_checkpoint(path: str | Path) -> dict[str, Any]:
     """A `.ckpt` file's content (weights only, memory-mapped), its top-level keys checked."""
     path = Path(path)
     if not path.is_file():
@@ -61,7 +60,7 @@ def read_checkpoint(path: str | Path, purpose: str = "load") -> dict[str, Any]:
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except Exception as err:
-        raise MedclassError(f"cannot {purpose} checkpoint {path} safely ({type(err).__name__}: "
+        raise MedclassError(f"cannot load checkpoint {path} safely ({type(err).__name__}: "
                             f"{str(err).splitlines()[0][:300]})") from err
     if not isinstance(ckpt, dict):
         raise s.Invalid(f"checkpoint {path} holds a {type(ckpt).__name__}, not a Lightning checkpoint")
@@ -81,18 +80,6 @@ def description_path(weights: str | Path) -> Path:
     return Path(weights).with_suffix(".json")
 
 
-def read_json(path: Path, what: str) -> Any:
-    """A JSON file of at most 16 MB as plain Python values; anything else is one error line."""
-    if not path.is_file():
-        raise MedclassError(f"{path} does not exist: {what}")
-    if path.stat().st_size > MAX_JSON_BYTES:
-        raise s.Invalid(f"{path} is larger than {MAX_JSON_BYTES >> 20} MB; it is not a file medclass wrote")
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (ValueError, RecursionError, UnicodeDecodeError) as err:
-        raise s.Invalid(f"{path} is not readable JSON ({type(err).__name__}: {str(err)[:200]})") from err
-
-
 def read_export(path: Path) -> ModelFile:
     """`<name>.safetensors` with `<name>.json` (written by `medclass-export format=safetensors`)."""
     from safetensors import SafetensorError
@@ -103,7 +90,7 @@ def read_export(path: Path) -> ModelFile:
     if not path.is_file():
         raise MedclassError(f"model file {path} does not exist; export one with medclass-export format=safetensors")
     meta_path = description_path(path)
-    raw = read_json(meta_path, f"{path.name} needs its description {meta_path.name} beside it (written by "
+    raw = s.read_json(meta_path, f"{path.name} needs its description {meta_path.name} beside it (written by "
                     "medclass-export format=safetensors)")
     header = s.record({"format": s.choice(DESCRIPTION_FORMAT), "version": s.choice(1),
                        "hyper_parameters": lambda v, w: v, "operating": s.optional(lambda v, w: v),
@@ -167,7 +154,7 @@ def load_classifier(path: str | Path, map_location: str | torch.device = "cpu") 
 def check_resume(path: str | Path) -> None:
     """What `train.py ckpt_path=` checks before Lightning reads the file: the same reading as `load_classifier`
     (top-level keys, description); Lightning then restores weights, optimizer and loop state from it."""
-    ckpt = read_checkpoint(path, purpose="resume from")
+    ckpt = read_checkpoint(path)
     validate(ckpt["hyper_parameters"], f"checkpoint {path}")
 
 

@@ -78,6 +78,7 @@ FIELDS: dict[str, s.Check] = {
 def validate(hparams: Any, source: str) -> dict[str, Any]:
     """The checked hyperparameters; any fault is one `Invalid` line starting with `source`."""
     try:
+        s.no_interpolation(hparams, "")
         checked = s.record(FIELDS, required=("net", "data_info", "optimizer"))(hparams, "")
         weights = checked.get("class_weights")
         if isinstance(weights, list) and len(weights) != len(checked["data_info"]["class_names"]):

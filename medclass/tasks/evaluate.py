@@ -23,9 +23,8 @@ log = logging.getLogger("medclass")
 
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
     """Evaluate a checkpoint on one split with the data config it was trained with (plus overrides)."""
-    from medclass.module.checkpoint import load_classifier
-
     from medclass.eval import operating_file
+    from medclass.module.checkpoint import load_classifier
 
     module = load_classifier(cfg.ckpt_path)
     operating_file.check_existing(cfg.ckpt_path)

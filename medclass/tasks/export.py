@@ -141,14 +141,13 @@ def max_abs_difference(module: Classifier, path: str | Path, batch: int = 8, see
 
 def run_metrics(checkpoint: Path) -> dict[str, Any] | None:
     """The metrics.json of the run a checkpoint came from (`<run>/checkpoints/<file>`), as plain values."""
-    from medclass.module.checkpoint import read_json
     from medclass.utils import schema
 
     path = checkpoint.parent.parent / "metrics.json"
     if checkpoint.parent.name != "checkpoints" or not path.is_file():
         return None
     try:
-        return schema.plain(4, 1000)(read_json(path, "the run's metrics"), str(path))
+        return schema.plain(4, 1000)(schema.read_json(path, "the run's metrics"), str(path))
     except MedclassError as err:
         log.warning("%s is left out of the export: %s", path, err)
         return None
@@ -175,7 +174,8 @@ def run_export(cfg: DictConfig) -> dict[str, Any]:
         path = export_safetensors(module, output, operating, run_metrics(Path(cfg.ckpt_path)),
                                   source=Path(cfg.ckpt_path).name)
     diff = max_abs_difference(module, path, batch=cfg.check_batch)
-    message = (f"{fmt} check: max abs difference of probabilities {diff:.3g} (tolerance {cfg.tolerance:g}) on a "
+    label = "ONNX" if fmt == "onnx" else fmt
+    message = (f"{label} check: max abs difference of probabilities {diff:.3g} (tolerance {cfg.tolerance:g}) on a "
                f"batch of {cfg.check_batch} and of 1")
     print(message)
     summary = {fmt: str(path), "checkpoint": str(cfg.ckpt_path), "format": fmt, "opset": cfg.opset,

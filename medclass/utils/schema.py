@@ -13,14 +13,17 @@ and nothing here should import more than the standard library.
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any
 
 from medclass.utils.errors import MedclassError
 
 Check = Callable[[Any, str], Any]
+MAX_JSON_BYTES = 16 * 2**20
 CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
 
 
@@ -169,6 +172,25 @@ def record(fields: Mapping[str, Check], required: tuple[str, ...] = (), extra: C
     return check
 
 
+def no_interpolation(tree: Any, where: str, limit: int = 1_000_000) -> None:
+    """Refuse a tree holding a string with `${` anywhere, unknown keys included, whatever the key's type: an
+    interpolation is never resolved from a file, and saying so is clearer than a type error. Iterative, and
+    bounded to `limit` values, so no nesting or size can make it recurse or run long."""
+    stack, seen = [(where, tree)], 0
+    while stack:
+        at, value = stack.pop()
+        seen += 1
+        if seen > limit:
+            raise Invalid(f"{where} holds more than {limit} values; it is not a file medclass wrote")
+        if isinstance(value, str) and "${" in value:
+            raise fail(at, value, "plain text (an interpolation '${' is never resolved from a file)")
+        if isinstance(value, Mapping):
+            stack.extend((f"{at}.{k}" if at else str(k), v) for k, v in value.items())
+            stack.extend((f"{at} key", k) for k in value)
+        elif isinstance(value, (list, tuple)):
+            stack.extend((f"{at}[{i}]", v) for i, v in enumerate(value))
+
+
 def scalar(value: Any, where: str) -> Any:
     """null, a boolean, a finite number or plain text."""
     if value is None or isinstance(value, bool):
@@ -191,3 +213,15 @@ def plain(depth: int = 3, hi: int = 256) -> Check:
         return scalar(value, where)
 
     return check
+
+
+def read_json(path: Path, what: str) -> Any:
+    """A JSON file of at most 16 MB as plain Python values; anything else is one error line."""
+    if not path.is_file():
+        raise MedclassError(f"{path} does not exist: {what}")
+    if path.stat().st_size > MAX_JSON_BYTES:
+        raise Invalid(f"{path} is larger than {MAX_JSON_BYTES >> 20} MB; it is not a file medclass wrote")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, RecursionError, UnicodeDecodeError) as err:
+        raise Invalid(f"{path} is not readable JSON ({type(err).__name__}: {str(err)[:200]})") from err
