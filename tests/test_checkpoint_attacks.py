@@ -103,3 +103,19 @@ def test_resuming_refuses_the_same_files(folder_ckpt: tuple[dict, Path], tmp_pat
             train(cfg)
         check_survivors(attack, "")
         assert not (folder / "run" / "checkpoints").exists()
+
+
+def test_split_and_cache_folders_named_in_a_file_are_not_written(folder_ckpt: tuple[dict, Path],
+                                                                 tmp_path: Path) -> None:
+    """Earlier mains recorded split_dir and cache_dir in the checkpoint; a file may say where to read, never where
+    to write: eval writes its split and cache files under this machine's paths.log_dir."""
+    import copy
+
+    base, root = folder_ckpt
+    ckpt = copy.deepcopy(base)
+    elsewhere = tmp_path / "elsewhere"
+    ckpt["hyper_parameters"]["data_cfg"].update(split_dir=str(elsewhere / "splits"), cache_dir=str(elsewhere / "c"))
+    torch.save(ckpt, tmp_path / "model.ckpt")
+    evaluate(compose_train([f"ckpt_path={tmp_path / 'model.ckpt'}", "bootstrap=0", "report=false"], tmp_path / "run",
+                           config_name="eval"))
+    assert not elsewhere.exists() and any((tmp_path / "run" / "splits").glob("*.csv"))

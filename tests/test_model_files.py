@@ -181,9 +181,11 @@ def test_manifest_formulas_come_out_neutralised_in_split_and_prediction_files(tm
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
-    overrides = ["data=manifest", f"data.manifest={manifest}", "data.image_size=16", *FAST, *QUIET]
-    metrics = [train(compose_train(overrides, tmp_path / run)) for run in ("r1", "r2")]
+    overrides = ["data=manifest", f"data.manifest={manifest}", "data.image_size=16", f"data.split_dir={tmp_path}",
+                 *FAST, *QUIET]
+    metrics = [train(compose_train(overrides, tmp_path / run)) for run in ("r1", "r2")]  # r2 reads r1's split file
     assert metrics[0]["data"]["split_key"] == metrics[1]["data"]["split_key"]
+    assert (tmp_path / "r1" / "split.csv").read_text() == (tmp_path / "r2" / "split.csv").read_text()
     split = list(csv.DictReader((tmp_path / "r1" / "split.csv").open()))
     assert {r["label"] for r in split} == {"'=1+2", "'@calm"}
     assert {r["site"] for r in split} == {"'+cmd|' /C calc'!A0"} and {r["age"] for r in split} == {"-3.5"}
@@ -196,3 +198,10 @@ def test_manifest_formulas_come_out_neutralised_in_split_and_prediction_files(tm
                               config_name="predict"))
     rows_out = list(csv.DictReader((tmp_path / "p" / "predictions.csv").open()))
     assert rows_out[0]["site"].startswith("'+") and rows_out[0]["class"] in ("'=1+2", "'@calm")
+
+
+def test_a_model_read_from_a_file_builds_no_optimizer(blood_run: Path) -> None:
+    """Its optimizer config came from the file: fitting it is refused before anything is instantiated."""
+    module = load_classifier(next((blood_run / "checkpoints").glob("best-*.ckpt")))
+    with pytest.raises(MedclassError, match="a model read from a checkpoint is for evaluation and prediction"):
+        module.configure_optimizers()
