@@ -88,3 +88,21 @@ def test_onnx_errors_name_the_file_and_the_fix(tmp_path: Path) -> None:
     cfg = compose_train(["onnx_path=x.onnx", "inputs=.", "cam=true"], tmp_path, config_name="predict")
     with pytest.raises(MedclassError, match="ckpt_path"):
         run_predict(cfg)
+
+
+@pytest.mark.parametrize(("edit", "message"), [({"image_size": 30000}, r"image_size=30000: expected a whole number"),
+                                               ({"thresholds": {"youden": float("nan")}}, r"thresholds.youden=nan"),
+                                               ({"class_names": "${oc.env:HOME}"}, "interpolation")])
+def test_an_onnx_files_metadata_is_read_as_data(exported: tuple[Path, Path, str], tmp_path: Path, edit: dict,
+                                                message: str) -> None:
+    """The metadata of a stranger's ONNX file goes through the checkpoint's schemas: no giant images, no NaN
+    threshold, nothing that looks like an interpolation."""
+    import onnx
+
+    _, out, _ = exported
+    model = onnx.load(str(out / "model.onnx"))
+    meta = {**json.loads(next(p.value for p in model.metadata_props if p.key == "medclass")), **edit}
+    onnx.helper.set_model_props(model, {"medclass": json.dumps(meta)})
+    onnx.save(model, str(tmp_path / "edited.onnx"))
+    with pytest.raises(MedclassError, match=message):
+        OnnxModel(tmp_path / "edited.onnx")

@@ -47,6 +47,15 @@ def _data_info(value: Any, where: str) -> dict[str, Any]:
     return info
 
 
+def check_data_info(value: Any, source: str) -> dict[str, Any]:
+    """Class names and preprocessing read from a file (an ONNX export's metadata): one line naming `source`."""
+    try:
+        s.no_interpolation(value, "")
+        return _data_info(value, "")
+    except s.Invalid as err:
+        raise s.Invalid(f"{source}: {str(err).lstrip('.')}; it is not an export medclass wrote") from None
+
+
 def _optimizer(value: Any, where: str) -> dict[str, Any]:
     return s.record({"_target_": s.text(200), "_partial_": s.boolean}, ("_target_",), extra=s.plain(1, 64))(value,
                                                                                                            where)

@@ -94,6 +94,22 @@ def export_safetensors(module: Classifier, path: str | Path, operating: dict[str
     return Path(path)
 
 
+def read_meta(text: str, source: str) -> dict[str, Any]:
+    """The metadata an ONNX file carries, read as data: preprocessing through the checkpoint's data_info schema,
+    temperature and thresholds through the operating file's."""
+    from medclass.eval import operating_file
+    from medclass.module.hparams import check_data_info
+
+    try:
+        raw = json.loads(text)
+    except (ValueError, RecursionError) as err:
+        raise MedclassError(f"{source} is not readable JSON ({type(err).__name__}); export the model again") from err
+    if not isinstance(raw, dict):
+        raise MedclassError(f"{source} is not a mapping; export the model again")
+    operating = {k: raw.pop(k) for k in ("temperature", "thresholds") if k in raw}
+    return {**check_data_info(raw, source), **operating_file.check(operating, source)}
+
+
 class OnnxModel:
     """An exported file as `probabilities = model(batch)`, with the `meta` predict.py needs."""
 
@@ -111,7 +127,7 @@ class OnnxModel:
         if META_KEY not in props:
             raise MedclassError(f"onnx_path={path} carries no class names or preprocessing (metadata key "
                                 f"{META_KEY!r}); export it with python export.py ckpt_path=<ckpt>")
-        self.meta: dict[str, Any] = json.loads(props[META_KEY])
+        self.meta: dict[str, Any] = read_meta(props[META_KEY], f"onnx_path={path} (metadata {META_KEY!r})")
         self.input = self.session.get_inputs()[0].name
 
     def __call__(self, x: torch.Tensor | np.ndarray) -> np.ndarray:
