@@ -25,7 +25,7 @@ from hydra.utils import instantiate
 from PIL import Image
 from torchvision.datasets import ImageFolder
 
-CONF = Path(__file__).resolve().parents[1] / "medclass" / "conf"
+CONF = Path(__file__).resolve().parents[1] / "conf"
 
 
 def timed(fn) -> tuple[float, object]:
@@ -40,7 +40,7 @@ def drain(loader) -> int:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--preset", default="mednist", help="a medclass/conf/data/ folder preset")
+    parser.add_argument("--preset", default="mednist", help="a conf/data/ folder preset")
     parser.add_argument("--epochs", type=int, default=3)
     args = parser.parse_args()
     tmp = Path(tempfile.mkdtemp())

@@ -3,7 +3,7 @@
     MEDCLASS_DATA=../shared/data MEDCLASS_WEIGHTS=../shared/weights python benchmarks/folder_table.py
     python benchmarks/folder_table.py --recipes mednist --seeds 1          # a slice
 
-For each recipe (`medclass/conf/experiment/<name>.yaml`) it runs `train.py -m experiment=<name> seed=...`
+For each recipe (`conf/experiment/<name>.yaml`) it runs `train.py -m experiment=<name> seed=...`
 into `<runs>/<name>/` (reused when every seed finished: delete it to rerun), then gathers the runs
 with `medclass-gather`'s own functions and writes `benchmarks/results/folder_sets.md`: test ACC/AUC
 and validation ACC, mean ± std over seeds, the split key they share, the training seconds and the

@@ -10,7 +10,7 @@ MedMNIST Evaluator's own ACC and AUC (`report.json` → `medmnist_official`). Th
 difference to ResNet-18 (28), with the budget (epochs, seconds of training per run, machine) that
 produced each number.
 
-Protocols: `recipe` is this project's preset for the set (`medclass/conf/experiment/<set>.yaml`, or the
+Protocols: `recipe` is this project's preset for the set (`conf/experiment/<set>.yaml`, or the
 default config with `data.name=<set>` where there is none); `paper` is `experiment=medmnist_paper`
 (the paper's ResNet-18 (28) protocol) for `--paper-epochs` epochs, milestones moved along (100 in
 full: a GPU job; 2-4 make a quick CPU check of the protocol, not a reproduction).
@@ -81,7 +81,7 @@ def protocol_overrides(name: str, protocol: str, paper_epochs: int) -> list[str]
         milestones = f"[{max(1, paper_epochs // 2)},{max(1, paper_epochs * 3 // 4)}]"
         return ["experiment=medmnist_paper", f"data.name={name}", f"trainer.max_epochs={paper_epochs}",
                 f"scheduler.scheduler.milestones={milestones}"]
-    preset = ROOT / "medclass" / "conf" / "experiment" / f"{name}.yaml"
+    preset = ROOT / "conf" / "experiment" / f"{name}.yaml"
     return [f"experiment={name}"] if preset.is_file() else [f"data.name={name}"]
 
 

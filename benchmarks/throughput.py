@@ -12,7 +12,7 @@ BloodMNIST 28 px at batch 128 for `--steps` timed steps after `--warmup` untimed
   (c) medclass's fast path: the same with `augment=batch` (indices from the loader, images gathered
       and augmented by `BatchAugment` in `on_after_batch_transfer`).
 
-(b) and (c) are built from `medclass/conf/train.yaml` by Hydra compose and `hydra.utils.instantiate`, as
+(b) and (c) are built from `conf/train.yaml` by Hydra compose and `hydra.utils.instantiate`, as
 train.py builds them, with logging, checkpointing, progress bars and validation off. A callback times
 the steady state, from `on_train_batch_start` of step `warmup` to that of step `warmup + steps`,
 so every timed interval holds one batch fetch and transfer and one optimizer step. The `loader`
@@ -46,7 +46,7 @@ from torch.nn import functional as F
 from medclass.data.base import ClassificationDataModule
 from medclass.module import Classifier
 
-CONF = Path(__file__).resolve().parents[1] / "medclass" / "conf"
+CONF = Path(__file__).resolve().parents[1] / "conf"
 PATHS = {"b": "default", "c": "batch"}  # variant -> augment= option
 
 
@@ -67,7 +67,7 @@ class StepTimer(L.Callback):
 
 
 def compose_config(augment: str, args: argparse.Namespace, output_dir: Path) -> DictConfig:
-    """medclass/conf/train.yaml as train.py composes it, with this benchmark's data options."""
+    """conf/train.yaml as train.py composes it, with this benchmark's data options."""
     overrides = [f"augment={augment}", f"data.batch_size={args.batch_size}", f"seed={args.seed}"]
     if args.data_root:
         overrides.append(f"data.root={args.data_root}")

@@ -14,7 +14,7 @@ from omegaconf import DictConfig, open_dict
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
-CONF = ROOT / "medclass" / "conf"
+CONF = ROOT / "conf"
 SHARED_DATA = Path(os.environ.get("MEDCLASS_DATA") or ROOT.parent / "shared" / "data")
 
 

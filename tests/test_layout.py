@@ -66,3 +66,21 @@ def test_each_config_group_names_a_package_that_exists() -> None:
         importlib.import_module(package)  # the package exists under that name
         if package.startswith("medclass."):
             assert package == f"medclass.{group}"  # same name on both sides
+
+
+def test_the_design_cards_top_level_and_every_package_in_the_wheel() -> None:
+    """conf/ sits at the top (the design card), and pyproject lists every package, conf/ mapped in as
+    medclass.conf, so a wheel carries them all (tools/install_check.sh installs one)."""
+    import tomllib
+
+    for name in ("conf", "medclass", "train.py", "eval.py", "tests", "pyproject.toml", "README.md"):
+        assert (ROOT / name).exists(), name
+    assert not (ROOT / "medclass" / "conf").exists()
+    setuptools = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    packages = {".".join(p.relative_to(ROOT).parent.parts) for p in (ROOT / "medclass").rglob("__init__.py")}
+    assert set(setuptools["packages"]) == packages | {"medclass.conf"}
+    assert setuptools["package-dir"] == {"medclass.conf": "conf"} and (ROOT / "conf" / "__init__.py").is_file()
+    assert CONF == ROOT / "conf"
+    from medclass.utils.cli import CONF as used
+
+    assert used.resolve() == (ROOT / "conf").resolve()  # this (editable) install reads conf/ itself

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import importlib.util
 import logging
 import os
 import re
@@ -16,7 +17,7 @@ from typing import Any
 from medclass.utils.errors import MedclassError
 from medclass.utils.io import write_text
 
-CONF = Path(__file__).resolve().parents[1] / "conf"
+CONF = Path(next(iter(importlib.util.find_spec("medclass.conf").submodule_search_locations)))  # conf/, installed
 # group=a, group=a,b (a sweep), group=[a,b] (several configs of one group); sweeper functions are Hydra's
 GROUP_CHOICE = re.compile(r"^[+~]{0,2}(?P<group>[a-z_]+(?:/[a-z_]+)*)(?:@[\w.]+)?=\[?(?P<values>[^()\[\]{}]*?)\]?$")
 
