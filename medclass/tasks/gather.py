@@ -138,12 +138,17 @@ def failure_lines(failures: list[tuple[list[str], str, Path]]) -> str:
     return "\n".join([f"\n\nFailed jobs ({len(failures)}, not averaged in):", *items])
 
 
-def main() -> None:
+def parser() -> argparse.ArgumentParser:
+    """`medclass-gather`'s command line (the docs-commands test parses documented calls with it)."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("folder", type=Path, help="a multirun folder (or any folder holding runs)")
     parser.add_argument("--out", type=Path, help="write <out>.csv and <out>.md")
     parser.add_argument("--sort", default=SORT_BY, help=f"metric to sort rows on, best first (default {SORT_BY})")
-    args = parser.parse_args()
+    return parser
+
+
+def main() -> None:
+    args = parser().parse_args()
     if not args.folder.is_dir():
         raise SystemExit(f"error: {args.folder} is not a folder; pass a train.py run or multirun folder")
     runs, failures = load_runs(args.folder), load_failures(args.folder)

@@ -111,7 +111,9 @@ def run(main: Callable[[], Any], argv: Sequence[str] | None = None) -> None:
 
     A sweep with failed jobs ends with one line naming them and exit code 1.
     """
-    check_command_line(sys.argv[1:] if argv is None else argv)
+    argv = expand_home(sys.argv[1:] if argv is None else argv)
+    sys.argv[1:] = argv  # what Hydra reads
+    check_command_line(argv)
     try:
         main()
     finally:  # also when the sweeper itself gives up afterwards (Optuna with no completed trial)
@@ -131,15 +133,39 @@ def group_choices(argv: Sequence[str]) -> Iterator[tuple[str, list[str]]]:
             yield match["group"], [v for v in match["values"].split(",") if v]
 
 
+def searchpath_folders(argv: Sequence[str]) -> list[Path] | None:
+    """The `file://` folders of a `hydra.searchpath=[...]` override (relative ones from here); None when one
+    is a `pkg://` package, whose options this check cannot list."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    folders: list[Path] = []
+    for arg in argv:
+        if arg.lstrip("+").startswith("hydra.searchpath="):
+            try:
+                value = OverridesParser.create().parse_overrides([arg])[0].value()
+            except Exception:
+                return None
+            for entry in value if isinstance(value, list) else [value]:
+                if not str(entry).startswith("file://"):
+                    return None
+                folders.append(Path(os.path.expanduser(str(entry)[len("file://"):])))
+    return folders
+
+
 def check_group_choices(argv: Sequence[str], conf: Path = CONF) -> None:
     """`model=nosuch` as one `error:` line listing the options (Hydra's own message runs to 20 lines).
 
-    Sweeps (`model=cnn,resnet18`) are checked choice by choice; sweeper functions are left to Hydra.
+    Sweeps (`model=cnn,resnet18`) are checked choice by choice; sweeper functions are left to Hydra. Your
+    own config folders (`hydra.searchpath=[file://...]`) add their options; a `pkg://` one turns the check
+    off (Hydra then reports an unknown option itself).
     """
+    extra = searchpath_folders(argv)
+    if extra is None:
+        return
     for group, values in group_choices(argv):
-        if group.startswith("hydra") or not (conf / group).is_dir():
+        if group.startswith("hydra") or not any((root / group).is_dir() for root in (conf, *extra)):
             continue
-        options = sorted(p.stem for p in (conf / group).glob("*.yaml"))
+        options = sorted({p.stem for root in (conf, *extra) for p in (root / group).glob("*.yaml")})
         for value in values:
             if value != "null" and value not in options:
                 print(f"error: {group}={value} is not an option; {group} options: {', '.join(options)}",
@@ -170,8 +196,52 @@ def check_extras(argv: Sequence[str]) -> None:
         sys.exit(2)
 
 
+def expand_home(argv: Sequence[str]) -> list[str]:
+    """`data.root=~/xray` as a user means it: the shell expands `~` after `=` only for names it takes as
+    variable names (so `inputs=~/scans` arrives expanded, `data.root=~/xray` does not), and Hydra's lexer
+    rejects a bare `~`. A value starting with `~` is expanded here, before Hydra reads it."""
+    out = []
+    for arg in argv:
+        key, sep, value = arg.partition("=")
+        if sep and not arg.startswith("-") and value.startswith("~"):
+            arg = f"{key}={os.path.expanduser(value)}"
+        out.append(arg)
+    return out
+
+
+def check_grammar(argv: Sequence[str]) -> None:
+    """An override Hydra cannot parse, or a sweep without `-m`, as one `error:` line with the fix; Hydra's
+    own report is a grammar trace of several lines."""
+    from hydra._internal.utils import get_args_parser
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import OverrideParseException
+
+    try:
+        args = get_args_parser().parse_args(list(argv))
+    except SystemExit:  # Hydra's own usage error: it prints that itself
+        return
+    parser = OverridesParser.create()
+    for override in args.overrides:
+        key, _, value = override.partition("=")
+        quote = f"; quote the value inside the override, as '{key}=\"{value}\"'"
+        try:
+            parsed = parser.parse_overrides([override])[0]
+        except OverrideParseException as err:
+            lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+            detail = next((line for line in lines[1:] if not line.startswith(("See ", "^"))), lines[0])
+            hint = quote if any(c in value for c in "()[]{},~\\'\" :=") else ""
+            print(f"error: cannot read the override '{override}' ({detail.split(' expecting ')[0]}){hint}",
+                  file=sys.stderr)
+            sys.exit(2)
+        if parsed.is_sweep_override() and not args.multirun and not key.startswith(("hydra.", "+hydra.")):
+            print(f"error: '{override}' is a sweep: add -m to run one job per value, write a list as "
+                  f"{key}=[{value}], or keep it as text{quote}", file=sys.stderr)
+            sys.exit(2)
+
+
 def check_command_line(argv: Sequence[str]) -> None:
     """What Hydra would report as a long message or a stack trace, as one line and exit code 2."""
+    check_grammar(argv)
     check_group_choices(argv)
     check_extras(argv)
     check_output_folder(argv)
