@@ -94,4 +94,5 @@ def blood_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp / "run"
     proc = run_script("train.py", f"data.root={root}", f"hydra.run.dir={out}", *FAST, "trainer.max_epochs=2")
     assert proc.returncode == 0, proc.stderr[-3000:]
+    (tmp / "console.txt").write_text(proc.stdout + proc.stderr)  # what the user saw (test_train_cli)
     return out

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -127,3 +128,16 @@ def test_a_required_option_left_out_is_one_error_line(config: str, key: str, hin
         report_user_errors(lambda c: c[key])(cfg)  # what a command does first: read its required option
     assert stop.value.code == 2
     assert capsys.readouterr().err.strip() == f"error: {key} is required: add {key}={hint} to the command"
+
+
+def test_the_console_says_each_thing_once(blood_run: Path) -> None:
+    """Lightning's messages once (they were printed by its own handler and again through Hydra's), without the
+    advertisement, the FLOPs column of zeros, or the deprecation warning Lightning's internals trigger."""
+    console = (blood_run.parent / "console.txt").read_text()
+    messages = [re.sub(r"^\[[^]]*\]\[[^]]*\]\[\w+\] - |^\w+: ", "", line) for line in console.splitlines()]
+    logged = [m for m, line in zip(messages, console.splitlines(), strict=True) if m != line or line.startswith("INFO")]
+    repeated = {m for m in logged if logged.count(m) > 1 and "checkpoint" not in m}  # best ckpt: validate, then test
+    assert not repeated, repeated
+    assert "Tip" not in console and "LeafSpec" not in console and "Total FLOPs: 0 " not in console
+    assert re.search(r"Total FLOPs: [\d.]+ M", console)  # computed for real, on one example image
+    assert "data bloodmnist (multi-class, 8 classes, 3 channels) | model SimpleCNN" in console

@@ -62,6 +62,8 @@ class Classifier(L.LightningModule):
         self.task = data_info["task"]
         self.num_classes = len(data_info["class_names"])
         self.net = model_registry.build(net, in_chans=data_info["in_chans"], num_classes=self.num_classes)
+        size = int(data_info.get("image_size") or 0)  # Lightning's model summary counts FLOPs on it
+        self.example_input_array = torch.zeros(1, data_info["in_chans"], size, size) if size else None
         weight = weights_for(class_weights, data_info.get("class_counts") or [], data_info.get("train_size", 0),
                              self.task == "multi-label")
         self.loss = make_loss(self.task, label_smoothing, loss, weight, focal_gamma)
