@@ -44,10 +44,16 @@ def run(protocol: str, seed: int, args: argparse.Namespace, work: Path) -> dict[
                  f"trainer.max_epochs={args.epochs}", "logger=csv", f"hydra.run.dir={out}"]
     if protocol == "patient":
         overrides.append(f'data.group_by="{PATIENT}"')
+    if (out / "metrics.json").is_file():  # --work of an interrupted call: finished runs are kept
+        return read(out)
     proc = subprocess.run([sys.executable, str(ROOT / "train.py"), *overrides], capture_output=True, text=True,
                           cwd=work)
     if proc.returncode:
         raise SystemExit(f"train.py {' '.join(overrides)} failed:\n{proc.stderr[-3000:]}")
+    return read(out)
+
+
+def read(out: Path) -> dict[str, float]:
     metrics = json.loads((out / "metrics.json").read_text())
     leaked, n_test = leak_share(out / "split.csv")
     return {"acc": metrics["test"]["test/acc"], "auc": metrics["test"]["test/auc"], "leak": leaked / n_test,
@@ -67,11 +73,14 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=8)
     parser.add_argument("--image-size", type=int, default=64)
     parser.add_argument("--out", type=Path, help="also write the table here (markdown)")
+    parser.add_argument("--work", type=Path, help="run folders here (default: a new temporary folder); runs "
+                        "already finished in it are read, not repeated")
     args = parser.parse_args()
     if not args.data.is_dir():
         raise SystemExit(f"error: {args.data} is not a folder; set MEDCLASS_DATA to the folder holding "
                          "chest_xray_kermany/")
-    work = Path(tempfile.mkdtemp(prefix="patient-split-"))
+    work = args.work or Path(tempfile.mkdtemp(prefix="patient-split-"))
+    work.mkdir(parents=True, exist_ok=True)
     results = {p: [run(p, s, args, work) for s in args.seeds] for p in ("image", "patient")}
     seeds = ",".join(map(str, args.seeds))
     lines = [f"Kermany pediatric chest X-rays ({args.data.name}), custom CNN, {args.image_size} px, "
