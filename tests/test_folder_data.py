@@ -188,14 +188,36 @@ def test_decoded_images_are_cached(tmp_path: Path) -> None:
 
 
 def test_dicom_rescale_and_monochrome1(tmp_path: Path) -> None:
+    """Pixel values by hand: the stored values through the rescale slope and intercept (Hounsfield units),
+    stretched from their lowest to their highest value onto 0..255; with a window in the file, the DICOM linear
+    window (PS3.3 C.11.2.1.2) on Hounsfield units first; MONOCHROME1 inverted."""
     from pydicom import examples
 
     ds = examples.ct
+    hu = ds.pixel_array.astype(np.float64) * float(ds.RescaleSlope) + float(ds.RescaleIntercept)
+    assert float(ds.RescaleIntercept) == -1024 and "WindowCenter" not in ds
     path = tmp_path / "ct.dcm"
     ds.save_as(path)
     plain = read_image(path)
-    assert plain.dtype == np.uint8 and plain.shape == (*ds.pixel_array.shape, 1) and plain.max() == 255
+    assert plain.dtype == np.uint8 and plain.shape == (*ds.pixel_array.shape, 1)
+    by_hand = np.round((hu - hu.min()) / (hu.max() - hu.min()) * 255).astype(np.uint8)
+    np.testing.assert_array_equal(plain[..., 0], by_hand)
+    assert len(np.unique(plain)) > 100  # a real spread of grey levels, not a few bins
+
+    centre, width = 40.0, 400.0  # a soft-tissue window in Hounsfield units: air goes black, bone white
+    ds.WindowCenter, ds.WindowWidth = centre, width
+    ds.save_as(tmp_path / "ct_window.dcm")
+    windowed = read_image(tmp_path / "ct_window.dcm")[..., 0].astype(int)
+    low, high = centre - 0.5 - (width - 1) / 2, centre - 0.5 + (width - 1) / 2
+    assert (hu <= low).any() and (hu > high).any()  # both ends clip, so the stretch maps the window to 0..255
+    expected = np.round(np.clip((hu - (centre - 0.5)) / (width - 1) + 0.5, 0, 1) * 255)
+    difference = np.abs(windowed - expected)
+    assert difference.max() <= 1 and (difference == 0).mean() > 0.99  # a rounding step at most, rarely
+    assert (windowed[hu <= low] == 0).all() and (windowed[hu > high] == 255).all()
+    assert np.abs(windowed - plain[..., 0].astype(int)).max() > 100  # the window really changed the image
+
     ds.PhotometricInterpretation = "MONOCHROME1"
+    del ds.WindowCenter, ds.WindowWidth
     inverted_path = tmp_path / "ct_inv.DCM"
     ds.save_as(inverted_path)
     assert np.array_equal(read_image(inverted_path), 255 - plain)

@@ -80,16 +80,51 @@ def test_balanced_sampler_draws_classes_about_equally(tmp_path: Path, augment: s
     assert torch.cat([y for _, y in instantiate(plain.data).train_dataloader()]).float().mean().item() < 0.11
 
 
+def monitor_data(folder: Path) -> Path:
+    """BreastMNIST-shaped data whose validation split rewards calling everything positive on accuracy but not on
+    balanced accuracy: 36 positives (30 bright, 6 as dark as the negatives) and 4 dark negatives. A network that
+    calls every image positive scores accuracy 0.9 and balanced accuracy 0.5; one that has learnt brightness
+    scores 0.85 and 0.917. Train and test: dark negatives, bright positives."""
+    rng = np.random.default_rng(0)
+
+    def images(levels: np.ndarray) -> np.ndarray:
+        return np.clip(levels[:, None, None] + rng.normal(0, 15, (len(levels), 28, 28)), 0, 255).astype(np.uint8)
+
+    train_levels = np.r_[rng.uniform(40, 120, 48), rng.uniform(140, 220, 48)]
+    train_labels = np.r_[np.zeros(48), np.ones(48)].astype(np.uint8)[:, None]
+    val_levels = np.array([60.0] * 4 + [170.0] * 30 + [60.0] * 6)
+    val_labels = np.r_[np.zeros(4), np.ones(36)].astype(np.uint8)[:, None]
+    folder.mkdir(parents=True, exist_ok=True)
+    np.savez(folder / "breastmnist.npz", train_images=images(train_levels), train_labels=train_labels,
+             val_images=images(val_levels), val_labels=val_labels, test_images=images(train_levels[::4]),
+             test_labels=train_labels[::4])
+    return folder
+
+
 def test_balanced_accuracy_metric_is_sklearns_and_can_be_the_checkpoint_monitor(tmp_path: Path) -> None:
+    """The metric is sklearn's balanced accuracy; as the checkpoint monitor it keeps the epoch with the highest
+    logged val/balanced_acc (the first of equals), which here is not the epoch val/acc would keep."""
+    import csv
+
     preds = torch.softmax(torch.randn(50, 3, generator=torch.Generator().manual_seed(0)), -1)
     target = torch.tensor([0] * 30 + [1] * 15 + [2] * 5)
     metrics = make_metrics("multi-class", 3)
     metrics.update(preds, target)
     expected = balanced_accuracy_score(target.numpy(), preds.argmax(1).numpy())
     assert metrics.compute()["balanced_acc"].item() == pytest.approx(expected, rel=1e-6)
-    root = write_npz(tmp_path / "medmnist", "breastmnist").parent
+    root = monitor_data(tmp_path / "medmnist")
+    epochs = 3
     result = train(compose_train([f"data.root={root}", "data.name=breastmnist", "module.class_weights=balanced",
-                                  "callbacks.model_checkpoint.monitor=val/balanced_acc", *FAST],
-                                 tmp_path / "run"))
-    assert "val/balanced_acc" in result["best_val"] and "test/balanced_acc" in result["test"]
-    assert "best-epoch" in result["run"]["best_checkpoint"]
+                                  "callbacks.model_checkpoint.monitor=val/balanced_acc", *FAST, "logger=csv",
+                                  "model.widths=[8,16]", "model.hidden=16", "optimizer.lr=0.01", "scheduler=none",
+                                  f"trainer.max_epochs={epochs}"], tmp_path / "run"))
+    with (tmp_path / "run" / "csv" / "metrics.csv").open() as f:
+        rows = [r for r in csv.DictReader(f) if r.get("val/balanced_acc") and int(r["epoch"]) < epochs]
+    assert [int(r["epoch"]) for r in rows] == list(range(epochs))  # one validation per epoch of the fit
+    balanced = [float(r["val/balanced_acc"]) for r in rows]
+    accuracy = [float(r["val/acc"]) for r in rows]
+    by_balanced, by_accuracy = int(np.argmax(balanced)), int(np.argmax(accuracy))
+    assert by_balanced != by_accuracy, (balanced, accuracy)  # the data make the two monitors disagree
+    assert Path(result["run"]["best_checkpoint"]).name == f"best-epoch{by_balanced:03d}.ckpt", (balanced, accuracy)
+    assert result["best_val"]["val/balanced_acc"] == pytest.approx(balanced[by_balanced], abs=1e-6)
+    assert "test/balanced_acc" in result["test"]

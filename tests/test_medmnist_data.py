@@ -56,11 +56,27 @@ def test_grey_to_three_channels_and_resize(tmp_path: Path) -> None:
 
 
 def test_normalization_uses_training_statistics(tmp_path: Path) -> None:
-    write_npz(tmp_path, "breastmnist")
+    """Mean and std are the training split's, computed here from its pixels, although validation and test are
+    much brighter and flatter (statistics over them, or over all splits, would differ); every split is then
+    normalized with them."""
+    path = write_npz(tmp_path, "breastmnist")
+    arrays = dict(np.load(path))
+    rng = np.random.default_rng(1)
+    for split in ("val", "test"):
+        arrays[f"{split}_images"] = rng.integers(200, 240, arrays[f"{split}_images"].shape).astype(np.uint8)
+    np.savez(path, **arrays)
+    train = arrays["train_images"].astype(np.float64) / 255
+    everything = np.concatenate([arrays[f"{s}_images"].ravel() for s in ("train", "val", "test")]) / 255
+    assert abs(everything.mean() - train.mean()) > 0.1 and abs(everything.std() - train.std()) > 0.02
     dm = MedMNISTDataModule(name="breastmnist", root=str(tmp_path), batch_size=1000, num_workers=0, download=False)
     dm.setup()
+    assert dm.info.mean == [round(train.mean(), 4)] and dm.info.std == [round(train.std(), 4)]
     x = torch.cat([b[0] for b in dm.split_dataloader("train")])
-    assert abs(float(x.mean())) < 0.05 and abs(float(x.std()) - 1) < 0.05
+    assert abs(float(x.mean())) < 1e-3 and abs(float(x.std()) - 1) < 1e-3
+    for split in ("train", "val", "test"):
+        x = torch.cat([b[0] for b in dm.split_dataloader(split)])
+        by_hand = (arrays[f"{split}_images"][:, None] / 255 - dm.info.mean[0]) / dm.info.std[0]
+        np.testing.assert_allclose(x.numpy(), by_hand, atol=1e-5, rtol=0)
 
 
 def test_lookup_order_root_then_env_then_default(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

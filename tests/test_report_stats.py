@@ -98,19 +98,27 @@ def test_binary_report_has_intervals_and_operating_points(tmp_path: Path) -> Non
 def test_eval_saves_temperature_and_thresholds_that_predict_and_export_apply(tmp_path: Path) -> None:
     from medclass.eval import operating_file
     from medclass.eval.calibration import apply_temperature
+    from medclass.module.checkpoint import load_classifier
     from medclass.tasks.evaluate import evaluate
     from medclass.tasks.export import OnnxModel, run_export
     from medclass.tasks.predict import run_predict
     from medclass.tasks.train import train
 
     from .conftest import FAST, compose_train, grey, save, write_npz
+    from .test_eval_on_validation import fit_temperature_by_hand, softmax_by_hand
 
     root = write_npz(tmp_path / "medmnist", "breastmnist", n=(64, 40, 40)).parent
     metrics = train(compose_train([f"data.root={root}", "data.name=breastmnist", *FAST], tmp_path / "run"))
     ckpt = metrics["run"]["best_checkpoint"]
     evaluate(compose_train([f"ckpt_path={ckpt}", "bootstrap=50"], tmp_path / "eval", config_name="eval"))
     saved = operating_file.load(ckpt)
-    assert saved["temperature"] > 0 and set(saved["thresholds"]) == {"youden", "sensitivity_0.95"}
+    assert set(saved["thresholds"]) == {"youden", "sensitivity_0.95"}
+    # the temperature is the one fitted here by hand on the validation split's probabilities (mirror views)
+    npz = np.load(root / "breastmnist.npz")
+    val_probs = softmax_by_hand(load_classifier(ckpt), npz["val_images"])
+    by_hand = fit_temperature_by_hand(val_probs, npz["val_labels"])
+    assert 0.05 < by_hand < 20  # inside the search range: a real optimum, not a bound
+    assert saved["temperature"] == pytest.approx(by_hand, rel=1e-3)
     assert "saved beside the checkpoint" in (tmp_path / "eval" / "report.md").read_text()
     for i in range(6):
         save(tmp_path / "new" / f"{i}.png", grey(60 + 25 * i, size=28, seed=i))

@@ -7,7 +7,9 @@ import json
 from collections import defaultdict
 from pathlib import Path
 
+import numpy as np
 import pytest
+from sklearn.metrics import roc_auc_score
 
 from medclass.data import FolderDataModule, ManifestDataModule
 from medclass.data.splits import assign_splits, multilabel_strata
@@ -165,24 +167,35 @@ def test_group_by_regex_on_folder_file_names(tmp_path: Path) -> None:
 
 
 def test_a_five_fold_sweep_gathers_into_one_row_over_folds(tmp_path: Path) -> None:
+    """Five real runs, data.fold=0..4 of data.folds=5: one test set, five disjoint validation folds that cover every
+    other image, whole patients in each; gather makes one row over 5 folds. Tiny images and network keep it fast."""
+    folds = 5
     manifest = patient_images(tmp_path, n_patients=20, per_patient=2)
-    for fold in range(3):
+    for fold in range(folds):
         run = tmp_path / "sweep" / str(fold)
-        cfg = compose_train(["data=manifest", f"data.manifest={manifest}", "data.image_size=16", "data.folds=3",
-                             f"data.fold={fold}", *FAST, *QUIET], run)
+        cfg = compose_train(["data=manifest", f"data.manifest={manifest}", "data.image_size=16", f"data.folds={folds}",
+                             f"data.fold={fold}", *FAST, *QUIET, "logger=none", "model.widths=[8,16]",
+                             "model.hidden=16"], run)
         train(cfg)
         (run / ".hydra").mkdir(exist_ok=True)  # what a Hydra multirun leaves beside metrics.json
-        (run / ".hydra" / "overrides.yaml").write_text(f"- data=manifest\n- data.folds=3\n- data.fold={fold}\n")
-    splits = [list(csv.DictReader((tmp_path / "sweep" / str(f) / "split.csv").open())) for f in range(3)]
+        (run / ".hydra" / "overrides.yaml").write_text(f"- data=manifest\n- data.folds={folds}\n- data.fold={fold}\n")
+    splits = [list(csv.DictReader((tmp_path / "sweep" / str(f) / "split.csv").open())) for f in range(folds)]
+    everything = {r["path"] for r in splits[0]}
+    assert len(everything) == 40 and all({r["path"] for r in s} == everything for s in splits)
     tests = [{r["path"] for r in s if r["split"] == "test"} for s in splits]
-    assert tests[0] == tests[1] == tests[2]
+    assert tests[0] and all(t == tests[0] for t in tests)
     vals = [{r["path"] for r in s if r["split"] == "val"} for s in splits]
-    assert not (vals[0] & vals[1]) and not (vals[1] & vals[2])
-    metrics = [json.loads((tmp_path / "sweep" / str(f) / "metrics.json").read_text()) for f in range(3)]
-    assert [m["run"]["fold"] for m in metrics] == [0, 1, 2]
+    assert all(vals) and all(not (a & b) for i, a in enumerate(vals) for b in vals[i + 1:])  # pairwise disjoint
+    assert set().union(*vals) == everything - tests[0]  # together, every image outside test
+    for s in splits:
+        assert all(len(v) == 1 for v in splits_of_groups([r["group"] for r in s], [r["split"] for r in s]).values())
+    metrics = [json.loads((tmp_path / "sweep" / str(f) / "metrics.json").read_text()) for f in range(folds)]
+    assert [(m["run"]["fold"], m["run"]["folds"]) for m in metrics] == [(f, folds) for f in range(folds)]
     rows = summarize(load_runs(tmp_path / "sweep"))
-    assert len(rows) == 1 and rows[0]["runs"] == 3 and rows[0]["over"] == "3 folds"
-    assert "| data=manifest data.folds=3 | 3 | 3 folds |" in to_markdown(rows)
+    assert len(rows) == 1 and rows[0]["runs"] == folds and rows[0]["over"] == "5 folds"
+    accs = [m["test"]["test/acc"] for m in metrics]
+    assert rows[0]["test/acc"] == pytest.approx(sum(accs) / folds)
+    assert "| data=manifest data.folds=5 | 5 | 5 folds |" in to_markdown(rows)
 
 
 def findings_manifest(tmp: Path, n_patients: int = 30) -> Path:
@@ -228,7 +241,6 @@ def test_multilabel_manifest_trains_and_eval_writes_predictions_with_its_columns
     run = tmp_path / "run"
     metrics = train(compose_train(["data=manifest", f"data.manifest={manifest}", "data.multi_label=true",
                                    "data.image_size=16", *FAST, *QUIET], run))
-    assert metrics["test"]["test/auc"] >= 0
     evaluate(compose_train([f"ckpt_path={metrics['run']['best_checkpoint']}", "bootstrap=0"], tmp_path / "eval",
                            config_name="eval"))
     scored = list(csv.DictReader((tmp_path / "eval" / "predictions.csv").open()))
@@ -239,6 +251,11 @@ def test_multilabel_manifest_trains_and_eval_writes_predictions_with_its_columns
         probs = {"effusion": float(row["prob_effusion"]), "nodule": float(row["prob_nodule"])}
         assert row["predicted"] == ";".join(n for n, p in probs.items() if p > 0.5)
         assert row["correct"] == str(int(row["predicted"] == row["label"]))
+    # the run's test/auc (torchmetrics, macro over labels) is sklearn's ROC AUC of the scored probabilities
+    truth = np.array([[float(n in r["label"].split(";")) for n in ("effusion", "nodule")] for r in scored])
+    scores = np.array([[float(r["prob_effusion"]), float(r["prob_nodule"])] for r in scored])
+    assert (truth.min(0) == 0).all() and (truth.max(0) == 1).all()  # both labels have positives and negatives
+    assert metrics["test"]["test/auc"] == pytest.approx(roc_auc_score(truth, scores, average="macro"), abs=1e-4)
 
 
 def test_manifest_takes_absolute_paths_and_stops_on_one_image_with_two_labels(tmp_path: Path) -> None:

@@ -8,9 +8,32 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from .conftest import FAST, SHARED_DATA, compose_train, run_script
+
+
+def simple_cnn_parameters(in_chans: int, classes: int, widths: list[int], convs: int, hidden: int) -> int:
+    """Counted by hand: 3x3 convolutions without bias, BatchNorm's weight and bias per channel, dense layers with
+    bias (BloodMNIST: 3 channels in, 8 classes out)."""
+    total, c = 0, in_chans
+    for w in widths:
+        total += 9 * c * w + 9 * w * w * (convs - 1) + 2 * w * convs
+        c = w
+    if hidden:
+        total += c * hidden + hidden
+        c = hidden
+    return total + c * classes + classes
+
+
+def test_the_parameter_count_by_hand_is_the_default_network_s() -> None:
+    """The formula above on the default network (widths 32, 64, 128; two convolutions each; 256 hidden), checked
+    once against arithmetic written out in full."""
+    convs = 3 * 32 * 9 + 32 * 32 * 9 + 32 * 64 * 9 + 64 * 64 * 9 + 64 * 128 * 9 + 128 * 128 * 9
+    batchnorm = 2 * 2 * (32 + 64 + 128)
+    dense = 128 * 256 + 256 + 256 * 8 + 8
+    assert simple_cnn_parameters(3, 8, [32, 64, 128], 2, 256) == convs + batchnorm + dense == 322_536
 
 
 @pytest.fixture(scope="module")
@@ -24,7 +47,11 @@ def test_run_folder_has_checkpoint_metrics_and_config(trained_run: Path) -> None
     metrics = json.loads((trained_run / "metrics.json").read_text())
     assert {"test/acc", "test/auc", "test/f1", "test/loss"} <= set(metrics["test"])
     assert {"val/acc", "val/auc"} <= set(metrics["best_val"])
-    assert metrics["run"]["epochs"] == 2 and metrics["run"]["parameters"] > 0
+    assert metrics["run"]["epochs"] == 2
+    model = yaml.safe_load((trained_run / "config.yaml").read_text())["model"]
+    assert model["_target_"] == "medclass.model.SimpleCNN"
+    assert metrics["run"]["parameters"] == simple_cnn_parameters(3, 8, model["widths"], model["convs_per_block"],
+                                                                 model["hidden"])
     assert "root:" in (trained_run / "config.yaml").read_text()  # resolved config beside the results
     assert (trained_run / ".hydra" / "overrides.yaml").is_file()
 
