@@ -240,8 +240,8 @@ class ClassificationDataModule(L.LightningDataModule):
 
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         """Fast path: gather the batch's images on the device, then augment and normalize them there."""
-        if self.batch_augment is None:
-            return batch
+        if self.batch_augment is None or not isinstance(batch, (tuple, list)):  # a lone tensor: the model
+            return batch  # summary's example input
         index, labels = batch
         if index.ndim != 1 or index.dtype != torch.long:  # an evaluation batch: already images
             return batch

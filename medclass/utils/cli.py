@@ -244,7 +244,7 @@ def check_grammar(argv: Sequence[str]) -> None:
 
 def check_command_line(argv: Sequence[str]) -> None:
     """What Hydra would report as a long message or a stack trace, as one line and exit code 2."""
+    check_group_choices(argv)  # first: `augment=nosuch,default` names the unknown option, not the missing -m
     check_grammar(argv)
-    check_group_choices(argv)
     check_extras(argv)
     check_output_folder(argv)
