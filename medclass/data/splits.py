@@ -3,12 +3,14 @@ to a CSV (path, label, split) and reused, so every run agrees.
 
 sklearn does the partitioning: `train_test_split` (stratified) without groups, `StratifiedGroupKFold`
 with them (every group lands in one split), `StratifiedKFold` / `StratifiedGroupKFold` for k-fold
-cross-validation. With groups, a fraction is met as closely as whole groups allow.
+cross-validation. With groups, a fraction is met as closely as whole groups allow: m of K stratified
+group folds (K ≤ 20), m/K nearest the fraction (`fold_count`).
 """
 
 from __future__ import annotations
 
 import csv
+import itertools
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
@@ -27,6 +29,13 @@ def check_fractions(fractions: Sequence[float]) -> None:
         raise MedclassError(f"data.split_fractions={list(fractions)} must be three numbers ≥ 0 that sum to 1")
 
 
+def fold_count(share: float, n_groups: int, most: int = 20) -> tuple[int, int]:
+    """(m, K): m of K folds make up `share` most closely, K from 2 to min(most, n_groups)."""
+    options = [(abs(m / k - share), k, m) for k in range(2, max(2, min(most, n_groups)) + 1) for m in range(1, k)]
+    _, k, m = min(options)
+    return m, k
+
+
 def _take(index: list[int], share: float, labels: Sequence[str], groups: Sequence[str] | None, seed: int,
           name: str) -> tuple[list[int], list[int]]:
     """(rest, taken): about `share` of `index`, stratified by label and, with groups, whole groups only."""
@@ -35,12 +44,15 @@ def _take(index: list[int], share: float, labels: Sequence[str], groups: Sequenc
         if groups is None:
             rest, taken = train_test_split(index, test_size=share, random_state=seed, stratify=y)
             return list(rest), list(taken)
-        # one fold of n is the smaller part: the taken share up to one half, the rest beyond it
-        small = share if share <= 0.5 else 1 - share
-        folds = StratifiedGroupKFold(n_splits=max(2, round(1 / small)), shuffle=True, random_state=seed)
-        rest_at, taken_at = next(folds.split(index, y, [groups[i] for i in index]))
-        if share > 0.5:
-            rest_at, taken_at = taken_at, rest_at
+        # m of K stratified group folds, m/K as close to the share as whole groups allow (K ≤ 20 and at most
+        # the number of groups; the smaller K on a tie, so 0.1 is one fold of 10, as it always was)
+        members = [groups[i] for i in index]
+        m, k = fold_count(share, len(set(members)))
+        folds = StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=seed)
+        first_m = itertools.islice(folds.split(index, y, members), m)
+        taken_at = sorted(j for _, held_out in first_m for j in held_out)
+        chosen = set(taken_at)
+        rest_at = [j for j in range(len(index)) if j not in chosen]
     except ValueError as err:
         raise MedclassError(f"cannot make a stratified {name} split ({err}); add images or change "
                             "data.split_fractions" + (" (or check data.group_by)" if groups else "")) from err
