@@ -13,6 +13,7 @@ import copy
 import json
 import math
 import os
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,6 +34,7 @@ class Attack:
     env: dict[str, str] = field(default_factory=dict)
     secret: str | None = None  # must not appear in the command's output
     live: Callable[[], bool] = lambda: True  # the payload, run directly, does harm
+    refused_by: tuple[str, ...] = ("eval", "predict", "export")  # the others never read the part attacked
 
 
 def _victim(folder: Path, name: str = "victim.txt") -> Path:
@@ -202,6 +204,108 @@ def nan_threshold(base: dict[str, Any], folder: Path) -> Attack:
                   live=live)
 
 
+def backtracking_regex(base: dict[str, Any], folder: Path) -> Attack:
+    ckpt = copy.deepcopy(base)
+    ckpt["hyper_parameters"]["data_cfg"]["group_by"] = "(.?){999}#"
+
+    def live() -> bool:  # a smaller one already runs past a time limit (which is also medclass's backstop)
+        import re
+
+        from medclass.utils.errors import MedclassError
+        from medclass.utils.limits import time_limit
+
+        try:
+            with time_limit(0.5, "too slow"):
+                re.search(r"(.?){999}#", "a" * 40)
+        except MedclassError:
+            return True
+        return False
+
+    return Attack("backtracking group_by regex", _save(ckpt, folder / "model.ckpt"),
+                  r"data_cfg\.group_by=.*without a repeated group", [], live=live)
+
+
+def non_string_weight_key(base: dict[str, Any], folder: Path) -> Attack:
+    ckpt = copy.deepcopy(base)
+    ckpt["state_dict"][0] = torch.zeros(1)
+
+    def live() -> bool:  # torch's own loader fails with a traceback, not a line
+        try:
+            torch.nn.Linear(1, 1).load_state_dict({0: torch.zeros(1)}, strict=False)
+        except AttributeError:
+            return True
+        return False
+
+    return Attack("non-string key in state_dict", _save(ckpt, folder / "model.ckpt"),
+                  r"state_dict entry 0 is not a named tensor", [], live=live)
+
+
+def huge_network(base: dict[str, Any], folder: Path) -> Attack:
+    ckpt = copy.deepcopy(base)
+    ckpt["hyper_parameters"]["net"].update(widths=[4096] * 8, convs_per_block=8, hidden=65536)
+
+    def live() -> bool:  # built for real, it would take this many bytes of parameters alone
+        from medclass.model.cnn import SimpleCNN
+
+        with torch.device("meta"):
+            net = SimpleCNN(1, 2, widths=[4096] * 8, convs_per_block=8, hidden=65536)
+        return sum(p.numel() for p in net.parameters()) * 4 > 20e9
+
+    return Attack("a network far larger than its weights", _save(ckpt, folder / "model.ckpt"),
+                  r"its weights do not fit the network it describes", [], live=live)
+
+
+def medmnist_download(base: dict[str, Any], folder: Path) -> Attack:
+    ckpt = copy.deepcopy(base)
+    evil = folder / "victim_dir" / "evil"
+    ckpt["hyper_parameters"]["data_cfg"] = {"kind": "medmnist", "name": "pathmnist", "size": 224, "root": str(evil),
+                                            "download": True, "batch_size": 32}
+
+    def live() -> bool:  # with download on, the loader makes the folder the file names (before failing offline)
+        from medclass.data.locate import find_or_download
+        from medclass.utils.errors import MedclassError
+
+        spare = folder / "spare_dir" / "evil"
+        try:
+            find_or_download("x.npz", [spare], url="http://127.0.0.1:9/x.npz", download=True)
+        except MedclassError:
+            pass
+        return spare.is_dir()
+
+    return Attack("a MedMNIST download into a folder the file names", _save(ckpt, folder / "model.ckpt"),
+                  r"pathmnist_224\.npz not found in: .*victim_dir/evil", [], forbidden=[folder / "victim_dir"],
+                  live=live, refused_by=("eval",))
+
+
+def tiny_temperature(base: dict[str, Any], folder: Path) -> Attack:
+    ckpt = _save(copy.deepcopy(base), folder / "model.ckpt")
+    (folder / "model.operating.json").write_text('{"temperature": 5e-324}')
+
+    def live() -> bool:  # every probability becomes NaN, with exit code 0
+        import numpy as np
+
+        from medclass.eval.calibration import apply_temperature
+
+        return bool(np.isnan(apply_temperature(np.array([[0.3, 0.7]]), "binary-class", 5e-324)).all())
+
+    return Attack("a temperature of 5e-324", ckpt, r"temperature=5e-324: expected a finite number in \[0\.01, 100\]",
+                  [], live=live)
+
+
+def nan_weights(base: dict[str, Any], folder: Path) -> Attack:
+    ckpt = copy.deepcopy(base)
+    first = next(k for k, v in ckpt["state_dict"].items() if v.is_floating_point() and v.ndim == 4)
+    ckpt["state_dict"][first] = torch.full_like(ckpt["state_dict"][first], float("nan"))
+
+    def live() -> bool:  # the network's every output is NaN
+        conv = torch.nn.Conv2d(1, 1, 3)
+        conv.weight.data.fill_(float("nan"))
+        return bool(torch.isnan(conv(torch.zeros(1, 1, 8, 8))).all())
+
+    return Attack("NaN weights", _save(ckpt, folder / "model.ckpt"), rf"weight {re.escape(first)} holds NaN", [],
+                  live=live)
+
+
 ATTACKS: dict[str, Callable[[dict[str, Any], Path], Attack]] = {
     "interpolation_in_net": interpolation_in_net,
     "interpolation_in_data": interpolation_in_data,
@@ -212,4 +316,10 @@ ATTACKS: dict[str, Callable[[dict[str, Any], Path], Attack]] = {
     "environment_secret": environment_secret,
     "oversized_image": oversized_image,
     "nan_threshold": nan_threshold,
+    "backtracking_regex": backtracking_regex,
+    "non_string_weight_key": non_string_weight_key,
+    "huge_network": huge_network,
+    "medmnist_download": medmnist_download,
+    "tiny_temperature": tiny_temperature,
+    "nan_weights": nan_weights,
 }

@@ -62,6 +62,10 @@ def test_an_attack_is_refused_with_one_line_and_harms_nothing(folder_ckpt: tuple
     for key, value in attack.env.items():
         monkeypatch.setenv(key, value)
     cfg = compose_train(command_args(command, attack, root), folder / "run", config_name=command)
+    if command not in attack.refused_by:  # the command never reads what was attacked: it just works, harmlessly
+        COMMANDS[command](cfg)
+        check_survivors(attack, "")
+        return
     with pytest.raises(MedclassError) as raised:
         COMMANDS[command](cfg)
     message = str(raised.value)

@@ -205,3 +205,16 @@ def test_a_model_read_from_a_file_builds_no_optimizer(blood_run: Path) -> None:
     module = load_classifier(next((blood_run / "checkpoints").glob("best-*.ckpt")))
     with pytest.raises(MedclassError, match="a model read from a checkpoint is for evaluation and prediction"):
         module.configure_optimizers()
+
+
+def test_a_regex_that_backtracks_is_stopped_by_the_time_limit() -> None:
+    """The backstop behind the pattern check: Python's re has no timeout, but its loop sees the timer's signal."""
+    import re
+    import time
+
+    from medclass.utils.limits import time_limit
+
+    start = time.perf_counter()
+    with pytest.raises(MedclassError, match="too slow"), time_limit(0.3, "too slow"):
+        re.search(r"(.?){999}#", "a" * 40)
+    assert time.perf_counter() - start < 5

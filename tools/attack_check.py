@@ -67,7 +67,10 @@ def main() -> int:
             intact = (all(v.read_text() == "precious" for v in attack.victims)
                       and not any(p.exists() for p in attack.forbidden)
                       and not (attack.secret and attack.secret in output))
-            ok = proc.returncode == 2 and len(errors) == 1 and intact and bool(re.search(attack.expect, errors[0]))
+            if command in attack.refused_by:
+                ok = proc.returncode == 2 and len(errors) == 1 and intact and bool(re.search(attack.expect, errors[0]))
+            else:  # the command never reads the attacked part: it must simply work and harm nothing
+                ok = proc.returncode == 0 and intact
             clean &= ok
             line = (errors[0] if errors else output[-200:]).replace("|", "\\|")
             print(f"| {attack.name} | {command} | {proc.returncode} | {len(errors)} | {'yes' if intact else 'NO'} | "

@@ -32,8 +32,10 @@ from medclass.data.splits import Row, assign_splits, groups_across_splits, read_
 from medclass.utils.errors import MedclassError
 from medclass.utils.extras import MissingExtra
 from medclass.utils.io import atomic_open, write_csv
+from medclass.utils.limits import time_limit
 
 log = logging.getLogger("medclass")
+GROUP_BY_SECONDS = 30  # a regex over every path of a 100k-image set takes well under a second
 
 
 class FolderDataModule(ClassificationDataModule):
@@ -112,9 +114,13 @@ class FolderDataModule(ClassificationDataModule):
             raise MedclassError(f"data.group_by={self.group_by!r} is not a regular expression ({err})") from err
         root = self.root if name == "train" else self.test_root
         groups = []
-        for path in scan.files:
+        limit = time_limit(GROUP_BY_SECONDS, f"data.group_by={self.group_by!r} took more than {GROUP_BY_SECONDS} s "
+                           f"over {len(scan.files)} paths (a pattern that backtracks); write a simpler one, e.g. "
+                           "'(P\\d+)_'")
+        with limit:
+            found_all = [pattern.search(_relative(path, root)) for path in scan.files]
+        for path, found in zip(scan.files, found_all, strict=True):
             rel = _relative(path, root)
-            found = pattern.search(rel)
             if not found:
                 raise MedclassError(f"data.group_by={self.group_by!r} finds no group in {rel}; write the regex so "
                                     "every path matches, e.g. '(P\\d+)_' for glioma/P0012_scan3.png")

@@ -10,6 +10,7 @@ augmentation settings are this machine's, so they are not part of a description 
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -25,7 +26,8 @@ from medclass.utils import schema as s
 MACHINE_KEYS = ("split_dir", "cache_dir", "augment")
 SYMMETRIES = ("invariant", "mirror", "sided")
 # a quantified group that is itself quantified, e.g. (a+)+ or (\w*)*: exponential backtracking on a path
-NESTED_QUANTIFIER = re.compile(r"\((?:[^()\\]|\\.)*[+*}](?:[^()\\]|\\.)*\)[+*{]")
+NESTED_QUANTIFIER = re.compile(r"\((?:[^()\\]|\\.)*[+*}?](?:[^()\\]|\\.)*\)[+*{?]")
+# (a time limit on the matching itself, medclass.utils.limits, catches what this pattern misses)
 
 
 def regex(value: Any, where: str) -> str:
@@ -117,6 +119,22 @@ def describe(cfg: Mapping[str, Any], where: str = "data_cfg") -> dict[str, Any]:
         raise s.Invalid(f"{where} names no data kind (no kind or _target_)")
     kind = KINDS[kind_name]
     return {"kind": kind_name, **s.record(kind.options, kind.required)(cfg, where)}
+
+
+def from_file(description: Mapping[str, Any]) -> dict[str, Any]:
+    """A description read from a file, made safe to run here: no download (it would write into the folder
+    the file names; `data.download=true` on the command line allows it), and no more worker processes than
+    this machine has cores, nor batches above 1024 images."""
+    out = dict(description)
+    if "download" in out:
+        out["download"] = False
+    if "num_workers" in out:
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        out["num_workers"] = min(int(out["num_workers"]), cores)
+    for key in ("batch_size", "eval_batch_size"):
+        if out.get(key):
+            out[key] = min(int(out[key]), 1024)
+    return out
 
 
 def build(description: Mapping[str, Any], **machine: Any) -> ClassificationDataModule:

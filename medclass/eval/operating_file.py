@@ -2,7 +2,7 @@
 
 `<checkpoint>.operating.json` holds the temperature (calibrated confidences) and, for binary tasks,
 the thresholds chosen on validation (Youden's J, a target sensitivity). It is read as data: the
-temperature must be a finite number in (0, 100] and each threshold a finite number in [0, 1] under a
+temperature must be a finite number in [0.01, 100] and each threshold a finite number in [0, 1] under a
 plain name, or the command stops with one line (a NaN threshold would otherwise call every image
 positive). It is written through `medclass.utils.io`, so a link planted at its name is replaced, not
 followed.
@@ -19,10 +19,10 @@ from medclass.utils.errors import MedclassError
 from medclass.utils.io import write_json
 
 log = logging.getLogger("medclass")
-MAX_TEMPERATURE = 100.0
+MIN_TEMPERATURE, MAX_TEMPERATURE = 0.01, 100.0  # eval fits within [0.05, 20]; 5e-324 would make every p NaN
 
 VALUES = s.record({
-    "temperature": s.optional(s.number(0, MAX_TEMPERATURE, low_open=True)),
+    "temperature": s.optional(s.number(MIN_TEMPERATURE, MAX_TEMPERATURE)),
     "thresholds": s.optional(s.mapping(s.text(64, r"[A-Za-z0-9_.]+", "a threshold name such as youden"),
                                        s.number(0, 1), 64)),
     "checkpoint": s.text(1024), "fitted_on": s.choice("val"), "split_key": s.text(200),

@@ -106,7 +106,7 @@ def read_export(path: Path) -> ModelFile:
         state = load_file(str(path), device="cpu")
     except (SafetensorError, OSError, ValueError) as err:
         raise MedclassError(f"cannot read {path} as safetensors ({type(err).__name__}: {err})") from err
-    return ModelFile(path, hparams, state, operating)
+    return ModelFile(path, hparams, check_weights(state, str(path)), operating)
 
 
 def read_model_file(path: str | Path) -> ModelFile:
@@ -116,10 +116,20 @@ def read_model_file(path: str | Path) -> ModelFile:
         return read_export(path)
     ckpt = read_checkpoint(path)
     hparams = validate(ckpt["hyper_parameters"], f"checkpoint {path}")
-    state = ckpt["state_dict"]
-    if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise s.Invalid(f"checkpoint {path}: state_dict is not a mapping of tensors")
-    return ModelFile(path, hparams, state)
+    return ModelFile(path, hparams, check_weights(ckpt["state_dict"], f"checkpoint {path}"))
+
+
+def check_weights(state: Any, source: str) -> Mapping[str, torch.Tensor]:
+    """A mapping of at most 100,000 plain-named tensors, every floating-point one finite (a NaN weight would
+    make every prediction NaN, with exit code 0)."""
+    if not isinstance(state, Mapping) or len(state) > 100_000:
+        raise s.Invalid(f"{source}: state_dict is not a mapping of at most 100,000 tensors")
+    for key, value in state.items():
+        if not isinstance(key, str) or len(key) > 500 or not isinstance(value, torch.Tensor):
+            raise s.Invalid(f"{source}: state_dict entry {s._show(key)} is not a named tensor")
+        if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            raise s.Invalid(f"{source}: weight {key} holds NaN or infinite values")
+    return state
 
 
 def read_hparams(path: str | Path) -> dict[str, Any]:
@@ -127,10 +137,31 @@ def read_hparams(path: str | Path) -> dict[str, Any]:
     return read_model_file(path).hparams
 
 
-def build_classifier(hparams: Mapping[str, Any]) -> Classifier:
-    """A Classifier from a checked description; the network with its file-safe options (no weights read)."""
+def check_shapes(hparams: Mapping[str, Any], net: Mapping[str, Any], state: Mapping[str, torch.Tensor],
+                 source: str) -> None:
+    """The described network built on the meta device (no memory) must hold exactly the file's tensors, name for
+    name and shape for shape, before it is built for real: a description cannot ask for more memory than the
+    file's own weights take."""
+    info = hparams["data_info"]
+    with torch.device("meta"):
+        skeleton = model_registry.build(net, in_chans=info["in_chans"], num_classes=len(info["class_names"]),
+                                        from_file=True)
+    wanted = {f"net.{k}": tuple(v.shape) for k, v in skeleton.state_dict().items()}
+    given = {k: tuple(v.shape) for k, v in state.items() if k.startswith("net.")}
+    if wanted != given:
+        diff = sorted(set(wanted.items()) ^ set(given.items()))[:3]
+        raise s.Invalid(f"{source}: its weights do not fit the network it describes ({len(wanted)} tensors described, "
+                        f"{len(given)} in the file; e.g. {', '.join(f'{k} {list(v)}' for k, v in diff)})")
+
+
+def build_classifier(hparams: Mapping[str, Any], state: Mapping[str, torch.Tensor] | None = None,
+                     source: str = "model file") -> Classifier:
+    """A Classifier from a checked description; the network with its file-safe options (no weights read), after
+    `check_shapes` against `state` when given."""
     arch = model_registry.ARCHITECTURES[hparams["net"]["arch"]]
     net = {**hparams["net"], **{k: v for k, v in arch.from_file.items() if k in hparams["net"]}}
+    if state is not None:
+        check_shapes(hparams, net, state, source)
     module = Classifier(**{**hparams, "net": net, "compile": False})
     module.hparams.update(net=dict(hparams["net"]), compile=hparams.get("compile", False))  # as the file says
     module.read_from_file = True
@@ -140,10 +171,10 @@ def build_classifier(hparams: Mapping[str, Any]) -> Classifier:
 def load_classifier(path: str | Path, map_location: str | torch.device = "cpu") -> Classifier:
     """The model a `.ckpt` or `.safetensors` file describes, with its weights; any fault is one error line."""
     model_file = read_model_file(path)
-    module = build_classifier(model_file.hparams)
+    module = build_classifier(model_file.hparams, model_file.state_dict, str(path))
     try:
         module.load_state_dict(model_file.state_dict, strict=True)
-    except RuntimeError as err:
+    except Exception as err:
         first = str(err).splitlines()
         raise MedclassError(f"the weights in {path} do not fit the network it describes "
                             f"({' '.join(line.strip() for line in first[:3])[:300]})") from err

@@ -57,7 +57,7 @@ def rebuild_data(module: Classifier, cfg: DictConfig) -> ClassificationDataModul
                             "score it from Python with Trainer.test, or retrain with train.py")
     overrides = {k: v for k, v in plain(cfg.get("data") or {}).items() if v is not None}
     machine = {k: overrides.pop(k) for k in data_registry.MACHINE_KEYS if k in overrides}
-    description = data_registry.describe({**described, **overrides}, "data")
+    description = data_registry.describe({**data_registry.from_file(described), **overrides}, "data")
     info = module.hparams.data_info
     machine.update(augment=None, mean=info["mean"], std=info["std"], in_chans=info["in_chans"])
     if data_registry.KINDS[description["kind"]].writes_files:

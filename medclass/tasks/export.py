@@ -132,7 +132,16 @@ class OnnxModel:
 
     def __call__(self, x: torch.Tensor | np.ndarray) -> np.ndarray:
         array = x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else x
-        return self.session.run(None, {self.input: np.ascontiguousarray(array, np.float32)})[0]
+        try:
+            out = self.session.run(None, {self.input: np.ascontiguousarray(array, np.float32)})[0]
+        except Exception as err:  # onnxruntime's own failures (a graph that asks for 40 GB, a bad op)
+            raise MedclassError(f"the ONNX file failed to run ({type(err).__name__}: {str(err)[:200]}); export the "
+                                "model again with export.py") from err
+        expected = (len(array), len(self.meta["class_names"]))
+        if getattr(out, "shape", None) != expected or not np.isfinite(out).all():
+            raise MedclassError(f"the ONNX file returned {getattr(out, 'shape', type(out).__name__)} values, not "
+                                f"finite probabilities of shape {expected}; export the model again with export.py")
+        return out
 
 
 def max_abs_difference(module: Classifier, path: str | Path, batch: int = 8, seed: int = 0) -> float:
