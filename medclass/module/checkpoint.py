@@ -15,6 +15,7 @@ A model file may come from a stranger. It is read, never run:
 from __future__ import annotations
 
 import logging
+import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -139,19 +140,22 @@ def read_hparams(path: str | Path) -> dict[str, Any]:
 
 def check_shapes(hparams: Mapping[str, Any], net: Mapping[str, Any], state: Mapping[str, torch.Tensor],
                  source: str) -> None:
-    """The described network built on the meta device (no memory) must hold exactly the file's tensors, name for
-    name and shape for shape, before it is built for real: a description cannot ask for more memory than the
-    file's own weights take."""
+    """The described network built on the meta device (no memory) must not hold more numbers than the file's
+    weights, and its tensors must have the file's shapes, before it is built for real: a description cannot ask
+    for more memory than the file's own weights take. (Names are `load_state_dict(strict=True)`'s business: frozen
+    layers, for one, drop BatchNorm's step counters.)"""
     info = hparams["data_info"]
     with torch.device("meta"):
         skeleton = model_registry.build(net, in_chans=info["in_chans"], num_classes=len(info["class_names"]),
                                         from_file=True)
     wanted = {f"net.{k}": tuple(v.shape) for k, v in skeleton.state_dict().items()}
     given = {k: tuple(v.shape) for k, v in state.items() if k.startswith("net.")}
-    if wanted != given:
-        diff = sorted(set(wanted.items()) ^ set(given.items()))[:3]
-        raise s.Invalid(f"{source}: its weights do not fit the network it describes ({len(wanted)} tensors described, "
-                        f"{len(given)} in the file; e.g. {', '.join(f'{k} {list(v)}' for k, v in diff)})")
+    other = sorted(k for k in wanted.keys() & given.keys() if wanted[k] != given[k])
+    described, held = (sum(math.prod(v) for v in d.values()) for d in (wanted, given))
+    if other or described > held + 1000:
+        example = f"{other[0]} {list(wanted[other[0]])} described, {list(given[other[0]])} in the file" if other else ""
+        raise s.Invalid(f"{source}: its weights do not fit the network it describes ({described:,} numbers described, "
+                        f"{held:,} in the file{'; ' + example if example else ''})")
 
 
 def build_classifier(hparams: Mapping[str, Any], state: Mapping[str, torch.Tensor] | None = None,
