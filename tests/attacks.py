@@ -306,6 +306,25 @@ def nan_weights(base: dict[str, Any], folder: Path) -> Attack:
                   live=live)
 
 
+def huge_activations(base: dict[str, Any], folder: Path) -> Attack:
+    """Weights that do fit (a 4096-channel first block is 150 KB of parameters) but 2048 px images through it."""
+    from medclass.model.cnn import SimpleCNN
+
+    ckpt = copy.deepcopy(base)
+    hp = ckpt["hyper_parameters"]
+    chans, classes = hp["data_info"]["in_chans"], len(hp["data_info"]["class_names"])
+    hp["net"].update(widths=[4096], convs_per_block=1, hidden=0)
+    hp["data_info"]["image_size"] = 2048
+    net = SimpleCNN(chans, classes, widths=[4096], convs_per_block=1, hidden=0)
+    ckpt["state_dict"] = {f"net.{k}": v for k, v in net.state_dict().items()}
+
+    def live() -> bool:  # its first layer's output alone, for one image
+        return 4096 * 2048 * 2048 * 4 > 60e9
+
+    return Attack("activations of 64 GB an image", _save(ckpt, folder / "model.ckpt"),
+                  r"one 2048 px image would need a 64\.0 GB activation", [], live=live)
+
+
 ATTACKS: dict[str, Callable[[dict[str, Any], Path], Attack]] = {
     "interpolation_in_net": interpolation_in_net,
     "interpolation_in_data": interpolation_in_data,
@@ -322,4 +341,5 @@ ATTACKS: dict[str, Callable[[dict[str, Any], Path], Attack]] = {
     "medmnist_download": medmnist_download,
     "tiny_temperature": tiny_temperature,
     "nan_weights": nan_weights,
+    "huge_activations": huge_activations,
 }

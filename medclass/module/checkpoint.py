@@ -41,6 +41,7 @@ PRECISION_STATE = re.compile(r"[A-Za-z]*Precision(Plugin)?")  # a precision plug
 LEGACY_KEYS = ("hparams", "module_arguments")  # Lightning's loader merges these into the constructor's arguments
 DESCRIPTION_FORMAT = "medclass-model"
 SUFFIXES = (".ckpt", ".safetensors")
+MAX_ACTIVATION_BYTES = 2**30  # one layer's output for one image; ResNet-50 at 224 px needs 3 MB
 
 
 @dataclass
@@ -156,6 +157,30 @@ def check_shapes(hparams: Mapping[str, Any], net: Mapping[str, Any], state: Mapp
         example = f"{other[0]} {list(wanted[other[0]])} described, {list(given[other[0]])} in the file" if other else ""
         raise s.Invalid(f"{source}: its weights do not fit the network it describes ({described:,} numbers described, "
                         f"{held:,} in the file{'; ' + example if example else ''})")
+    largest = largest_activation(skeleton, info["in_chans"], info["image_size"])
+    if largest * 4 > MAX_ACTIVATION_BYTES:
+        raise s.Invalid(f"{source}: one {info['image_size']} px image would need a {largest * 4 / 2**30:.1f} GB "
+                        f"activation in this network (at most {MAX_ACTIVATION_BYTES / 2**30:.0f} GB); it is not a "
+                        "model medclass can run here")
+
+
+def largest_activation(net: torch.nn.Module, in_chans: int, size: int) -> int:
+    """The most numbers any layer outputs for one image, from a forward pass on the meta device (no memory, no
+    time); 0 when the network cannot run on meta tensors (then only the weights bound it)."""
+    sizes: list[int] = []
+    hooks = [m.register_forward_hook(lambda _m, _i, out: sizes.append(out.numel() if isinstance(out, torch.Tensor)
+                                                                      else 0)) for m in net.modules()]
+    try:
+        with torch.device("meta"), torch.no_grad():
+            net.eval()(torch.zeros(1, in_chans, size, size))
+    except MedclassError:
+        raise  # the network's own refusal, e.g. an image too small for its pooling
+    except Exception:
+        return 0
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return max(sizes, default=0)
 
 
 def build_classifier(hparams: Mapping[str, Any], state: Mapping[str, torch.Tensor] | None = None,
