@@ -43,6 +43,15 @@ def _victim(folder: Path, name: str = "victim.txt") -> Path:
     return path
 
 
+def _raises(action: Callable[[], Any], error: type[BaseException]) -> bool:
+    """Whether `action` fails with `error`: the harm a payload does when nothing stops it first."""
+    try:
+        action()
+    except error:
+        return True
+    return False
+
+
 def _save(ckpt: dict[str, Any], path: Path) -> Path:
     torch.save(ckpt, path)
     return path
@@ -214,12 +223,11 @@ def backtracking_regex(base: dict[str, Any], folder: Path) -> Attack:
         from medclass.utils.errors import MedclassError
         from medclass.utils.limits import time_limit
 
-        try:
+        def search() -> None:
             with time_limit(0.5, "too slow"):
                 re.search(r"(.?){999}#", "a" * 40)
-        except MedclassError:
-            return True
-        return False
+
+        return _raises(search, MedclassError)
 
     return Attack("backtracking group_by regex", _save(ckpt, folder / "model.ckpt"),
                   r"data_cfg\.group_by=.*without a repeated group", [], live=live)
@@ -230,11 +238,8 @@ def non_string_weight_key(base: dict[str, Any], folder: Path) -> Attack:
     ckpt["state_dict"][0] = torch.zeros(1)
 
     def live() -> bool:  # torch's own loader fails with a traceback, not a line
-        try:
-            torch.nn.Linear(1, 1).load_state_dict({0: torch.zeros(1)}, strict=False)
-        except AttributeError:
-            return True
-        return False
+        return _raises(lambda: torch.nn.Linear(1, 1).load_state_dict({0: torch.zeros(1)}, strict=False),
+                       AttributeError)
 
     return Attack("non-string key in state_dict", _save(ckpt, folder / "model.ckpt"),
                   r"state_dict entry 0 is not a named tensor", [], live=live)

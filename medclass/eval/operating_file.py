@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 from medclass.utils import schema as s
-from medclass.utils.errors import MedclassError
 from medclass.utils.io import write_json
 
 log = logging.getLogger("medclass")
@@ -36,11 +35,7 @@ def path_for(checkpoint: str | Path) -> Path:
 
 def check(payload: Any, source: str) -> dict[str, Any]:
     """`{"temperature": T or None, "thresholds": {...}}` from a payload read from a file; one error line else."""
-    try:
-        s.no_interpolation(payload, "")
-        data = VALUES(payload, "")
-    except s.Invalid as err:
-        raise s.Invalid(f"{source}: {str(err).lstrip('.')}; delete it or run eval.py again") from None
+    data = s.read_as_data(VALUES, payload, source, "delete it or run eval.py again")
     return {"temperature": data.get("temperature"), "thresholds": dict(data.get("thresholds") or {})}
 
 
@@ -76,7 +71,4 @@ def load(checkpoint: str | Path, default: dict[str, Any] | None = None) -> dict[
                         "(delete it, then run eval.py again)")
     if not path.is_file():
         return dict(default or {})
-    try:
-        return check(s.read_json(path, "an operating file"), str(path))
-    except MedclassError as err:
-        raise s.Invalid(f"{err}" if str(path) in str(err) else f"{path}: {err}") from None
+    return check(s.read_json(path, "an operating file"), str(path))  # every fault names the path

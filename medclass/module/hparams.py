@@ -19,7 +19,6 @@ from medclass.module.tasks import TASKS
 from medclass.module.tta import MODES
 from medclass.utils import schema as s
 
-SYMMETRIES = ("invariant", "mirror", "sided")
 MAX_IMAGE_SIZE = 2048  # 2048² × 4 channels × 4 bytes = 64 MB a float image: bounded memory per image
 MAX_CLASSES = 100_000
 
@@ -32,7 +31,7 @@ def _data_info(value: Any, where: str) -> dict[str, Any]:
         "image_size": s.integer(1, MAX_IMAGE_SIZE),
         "mean": s.list_of(s.number(-10, 10), 1, 4),
         "std": s.list_of(s.number(0, 10, low_open=True), 1, 4),
-        "symmetry": s.choice(*SYMMETRIES),
+        "symmetry": s.choice(*data_registry.SYMMETRIES),
         "split_key": s.text(200),
         "class_counts": s.list_of(s.integer(0, 10**12), 0, MAX_CLASSES),
         "train_size": s.integer(0, 10**12),
@@ -49,11 +48,7 @@ def _data_info(value: Any, where: str) -> dict[str, Any]:
 
 def check_data_info(value: Any, source: str) -> dict[str, Any]:
     """Class names and preprocessing read from a file (an ONNX export's metadata): one line naming `source`."""
-    try:
-        s.no_interpolation(value, "")
-        return _data_info(value, "")
-    except s.Invalid as err:
-        raise s.Invalid(f"{source}: {str(err).lstrip('.')}; it is not an export medclass wrote") from None
+    return s.read_as_data(_data_info, value, source, "it is not an export medclass wrote")
 
 
 def _optimizer(value: Any, where: str) -> dict[str, Any]:
@@ -84,16 +79,16 @@ FIELDS: dict[str, s.Check] = {
 }
 
 
+def _hparams(value: Any, where: str) -> dict[str, Any]:
+    checked = s.record(FIELDS, required=("net", "data_info", "optimizer"))(value, where)
+    weights = checked.get("class_weights")
+    if isinstance(weights, list) and len(weights) != len(checked["data_info"]["class_names"]):
+        raise s.Invalid(f"class_weights has {len(weights)} values for {len(checked['data_info']['class_names'])} "
+                        "classes")
+    return checked
+
+
 def validate(hparams: Any, source: str) -> dict[str, Any]:
     """The checked hyperparameters; any fault is one `Invalid` line starting with `source`."""
-    try:
-        s.no_interpolation(hparams, "")
-        checked = s.record(FIELDS, required=("net", "data_info", "optimizer"))(hparams, "")
-        weights = checked.get("class_weights")
-        if isinstance(weights, list) and len(weights) != len(checked["data_info"]["class_names"]):
-            raise s.Invalid(f"class_weights has {len(weights)} values for "
-                            f"{len(checked['data_info']['class_names'])} classes")
-    except s.Invalid as err:
-        raise s.Invalid(f"{source}: {str(err).lstrip('.')}; it is not a checkpoint medclass wrote, or it was "
-                        "edited (a checkpoint is read as data, docs/reliability.md)") from None
-    return checked
+    return s.read_as_data(_hparams, hparams, source, "it is not a checkpoint medclass wrote, or it was edited (a "
+                          "checkpoint is read as data, docs/reliability.md)")

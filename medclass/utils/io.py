@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import csv
-import io
 import json
 import os
 import re
@@ -97,18 +96,16 @@ def write_csv(path: str | Path, rows: Iterable[dict[str, Any]] | Iterable[Sequen
     """A CSV of dict rows (columns: `header`, or every key in first-seen order; missing cells empty) or of
     sequence rows (after `header`, when given). Every cell, header included, goes through `safe_cell`."""
     rows = list(rows)
-    buffer = io.StringIO(newline="")
-    writer = csv.writer(buffer)
-    if rows and isinstance(rows[0], dict):
-        columns = list(header or dict.fromkeys(k for row in rows for k in row))
-        writer.writerow([safe_cell(c) for c in columns])
-        writer.writerows([safe_cell(row.get(c, "")) for c in columns] for row in rows)
-    else:
-        if header is not None:
-            writer.writerow([safe_cell(c) for c in header])
-        writer.writerows([safe_cell(v) for v in row] for row in rows)
     with atomic_open(path, newline="") as f:
-        f.write(buffer.getvalue())
+        writer = csv.writer(f)
+        if rows and isinstance(rows[0], dict):
+            columns = list(header or dict.fromkeys(k for row in rows for k in row))
+            writer.writerow([safe_cell(c) for c in columns])
+            writer.writerows([safe_cell(row.get(c, "")) for c in columns] for row in rows)
+        else:
+            if header is not None:
+                writer.writerow([safe_cell(c) for c in header])
+            writer.writerows([safe_cell(v) for v in row] for row in rows)
     return Path(path)
 
 

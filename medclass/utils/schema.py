@@ -191,6 +191,16 @@ def no_interpolation(tree: Any, where: str, limit: int = 1_000_000) -> None:
             stack.extend((f"{at}[{i}]", v) for i, v in enumerate(value))
 
 
+def read_as_data(check: Check, value: Any, source: str, advice: str) -> Any:
+    """`check` on a value read from `source` (a file), after `no_interpolation`; any fault becomes one line,
+    `<source>: <key>=<value>: expected ...; <advice>`."""
+    try:
+        no_interpolation(value, "")
+        return check(value, "")
+    except Invalid as err:
+        raise Invalid(f"{source}: {str(err).lstrip('.')}; {advice}") from None
+
+
 def scalar(value: Any, where: str) -> Any:
     """null, a boolean, a finite number or plain text."""
     if value is None or isinstance(value, bool):
