@@ -10,7 +10,7 @@ import torch
 from hydra.utils import instantiate
 
 from medclass.augment import batch_train_transform, eval_transform
-from medclass.data.base import IndexDataset
+from medclass.data.base import BatchDataset
 from medclass.utils.errors import MedclassError
 
 from .conftest import FAST, compose_train
@@ -67,18 +67,20 @@ def test_flip_defaults_follow_symmetry_and_extra_must_be_kornia() -> None:
         batch_train_transform(None, MEAN, STD, border="wrap")
 
 
-def test_datamodule_serves_indices_and_gathers_images_on_the_device(blood_root: Path, tmp_path: Path) -> None:
+def test_datamodule_reads_uint8_batches_and_augments_them_on_the_device(blood_root: Path, tmp_path: Path) -> None:
     cfg = compose_train(["augment=batch", f"data.root={blood_root}", "data.batch_size=16"], tmp_path)
     dm = instantiate(cfg.data)
     dm.setup()
-    assert isinstance(dm.datasets["train"], IndexDataset)
+    assert isinstance(dm.datasets["train"], BatchDataset)
     loader = dm.train_dataloader()
     assert loader.num_workers == 0
-    index, labels = next(iter(loader))
-    assert index.shape == (16,) and index.dtype == torch.long
-    x, y = dm.on_after_batch_transfer((index, labels), 0)
+    images, labels = next(iter(loader))
+    assert images.shape == (16, 28, 28, 3) and images.dtype == torch.uint8
+    plain = dm.datasets["train_eval"]  # the same rows of the same map: each uint8 batch row is a training image
+    rows = {plain.images[i].tobytes(): plain.labels[n] for n, i in enumerate(plain.index)}
+    assert all(rows[image.numpy().tobytes()] == label for image, label in zip(images, labels, strict=True))
+    x, y = dm.on_after_batch_transfer((images, labels), 0)
     assert x.shape == (16, 3, 28, 28) and x.dtype == torch.float32 and torch.equal(y, labels)
-    assert torch.equal(y, torch.as_tensor(dm.datasets["train_eval"].labels)[index])
     val = next(iter(dm.val_dataloader()))  # evaluation batches pass through untouched
     assert dm.on_after_batch_transfer(val, 0)[0] is val[0]
 

@@ -178,13 +178,13 @@ def test_class_map_merges_folders(tmp_path: Path) -> None:
 def test_decoded_images_are_cached(tmp_path: Path) -> None:
     root = clean_tree(tmp_path / "data")
     module(root, tmp_path).setup()
-    caches = list((tmp_path / "cache").glob("*.npz"))
-    assert len(caches) == 1
+    caches = list((tmp_path / "cache").glob("*.npy"))
+    assert len(caches) == 1 and len(list((tmp_path / "cache").glob("*.meta.npz"))) == 1
     before = caches[0].stat().st_mtime_ns
     module(root, tmp_path).setup()
     assert caches[0].stat().st_mtime_ns == before
     module(root, tmp_path, image_size=8).setup()
-    assert len(list((tmp_path / "cache").glob("*.npz"))) == 2
+    assert len(list((tmp_path / "cache").glob("*.npy"))) == 2
 
 
 def test_dicom_rescale_and_monochrome1(tmp_path: Path) -> None:
@@ -237,7 +237,7 @@ def test_train_and_eval_on_a_folder_tree(tmp_path: Path, caplog: pytest.LogCaptu
     run = tmp_path / "run"  # compose_train puts the split and cache folders under it too
     trained = train(compose_train(["data=folder", f"data.root={root}", "data.image_size=16", *FAST], run))
     assert "skipped 10 files" in caplog.text
-    assert len(list((run / "splits").glob("data-*.csv"))) == 1 and list((run / "cache").glob("*.npz"))
+    assert len(list((run / "splits").glob("data-*.csv"))) == 1 and list((run / "cache").glob("*.npy"))
     ckpt = next((run / "checkpoints").glob("best-*.ckpt"))
     assert torch.load(ckpt, weights_only=True)["hyper_parameters"]["data_info"]["class_names"] == ["a", "b"]
     evaluated = evaluate(compose_train([f"ckpt_path={ckpt}", "report=false"], tmp_path / "eval", config_name="eval"))

@@ -1,7 +1,9 @@
 """The DataModule every dataset shares: splits in, augmented DataLoaders out.
 
-A subclass only says how to load its splits (`load_splits`) and what they are (`describe`);
-channel conversion, normalization statistics, transforms and loaders live here once.
+A subclass only says how to load its splits (`load_splits`: one memory-mapped image cache, see
+`medclass.data.cache`, and each split's row indices into it) and what they are (`describe`);
+duplicate checks, normalization statistics, transforms and loaders live here once. No split is ever
+copied out of the cache, so memory does not grow with the data set.
 """
 
 from __future__ import annotations
@@ -21,8 +23,8 @@ from lightning.fabric.utilities.seed import pl_worker_init_function
 from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler, get_worker_info
 
 from medclass.augment import BatchAugment, eval_transform
-from medclass.data.decode import to_channels
-from medclass.data.leakage import cross_split_duplicates
+from medclass.data.cache import ImageCache
+from medclass.data.leakage import split_copies
 from medclass.utils.errors import MedclassError
 from medclass.utils.io import write_csv
 
@@ -53,38 +55,65 @@ class DataInfo:
         return asdict(self)
 
 
-class ArrayDataset(Dataset):
-    """uint8 images (N, H, W[, C]) with labels; the transform turns one image into a tensor."""
+def _portable(images: np.ndarray) -> Any:
+    """What a worker process started by spawn or forkserver receives: a memory map travels as its file's
+    name and reopens there (pickling the map itself would copy every image into every worker)."""
+    if isinstance(images, np.memmap) and isinstance(images.filename, str):
+        return ("memmap", images.filename, images.offset, images.shape)
+    return images
 
-    def __init__(self, images: np.ndarray, labels: np.ndarray, transform: Callable[..., dict]) -> None:
+
+def _reopen(images: Any) -> np.ndarray:
+    if isinstance(images, tuple) and images[0] == "memmap":
+        _, filename, offset, shape = images
+        return np.memmap(filename, np.uint8, "r", offset=offset, shape=shape)
+    return images
+
+
+class ArrayDataset(Dataset):
+    """uint8 images (N, H, W[, C]) with labels; the transform turns one image into a tensor.
+
+    `index` picks a split's rows out of one shared array (a memory-mapped cache): a view, never a copy.
+    """
+
+    def __init__(self, images: np.ndarray, labels: np.ndarray, transform: Callable[..., dict],
+                 index: np.ndarray | None = None) -> None:
         self.images, self.labels, self.transform = images, labels, transform
+        self.index = np.arange(len(labels)) if index is None else np.asarray(index, np.int64)
 
     def __len__(self) -> int:
-        return len(self.images)
+        return len(self.index)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.transform(image=self.images[index])["image"], torch.as_tensor(self.labels[index])
+        return (self.transform(image=np.asarray(self.images[self.index[index]]))["image"],
+                torch.as_tensor(self.labels[index]))
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "images": _portable(self.images)}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state, images=_reopen(state["images"]))
 
 
-class IndexDataset(Dataset):
-    """The fast path's training set: batches of indices and labels; the images wait on the device."""
+class BatchDataset(ArrayDataset):
+    """The fast path's training set: a batch of indices gathers its uint8 images from the map in one read;
+    augmentation and normalization wait for the device (`ClassificationDataModule.on_after_batch_transfer`)."""
 
-    def __init__(self, labels: np.ndarray) -> None:
+    def __init__(self, images: np.ndarray, labels: np.ndarray, index: np.ndarray | None = None) -> None:
+        super().__init__(images, labels, lambda **kw: kw, index)
         self.labels = torch.as_tensor(labels)
 
-    def __len__(self) -> int:
-        return len(self.labels)
-
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.__getitems__([index])
+        images, labels = self.__getitems__([index])
+        return images[0], labels[0]
 
     def __getitems__(self, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
-        index = torch.as_tensor(indices, dtype=torch.long)
-        return index, self.labels[index]
+        rows = self.index[np.asarray(indices, np.int64)]
+        return torch.from_numpy(np.ascontiguousarray(self.images[rows])), self.labels[torch.as_tensor(indices)]
 
 
 def as_batch(batch: Any) -> Any:
-    """Collation for IndexDataset, whose `__getitems__` already returns a whole batch."""
+    """Collation for BatchDataset, whose `__getitems__` already returns a whole batch."""
     return batch
 
 
@@ -109,13 +138,6 @@ def report_duplicates(duplicates: dict[str, int]) -> None:
                     ", ".join(f"{n} {k.replace('_', ' ')}" for k, n in found.items()))
     else:
         log.info("no exact copies across train/val/test (pixel hash)")
-
-
-def channel_stats(images: np.ndarray) -> tuple[list[float], list[float]]:
-    """Per-channel mean and std of uint8 (N, H, W, C) images, in 0..255 units divided by 255."""
-    flat = images.reshape(-1, images.shape[-1]).astype(np.float64) / 255.0
-    std = np.maximum(flat.std(0), 1e-3)
-    return flat.mean(0).round(4).tolist(), std.round(4).tolist()
 
 
 def encode_labels(labels: np.ndarray, task: str) -> np.ndarray:
@@ -157,7 +179,6 @@ class ClassificationDataModule(L.LightningDataModule):
         self.datasets: dict[str, Dataset] = {}
         self._info: DataInfo | None = None
         self.batch_augment: BatchAugment | None = None  # augment=batch: the fast path
-        self._train_images: torch.Tensor | None = None  # uint8 (N, H, W, C), moved to the training device
         self.duplicates: dict[str, int] = {}  # exact copies across splits, e.g. {"test_in_train": 3}
         self._labels: dict[str, np.ndarray] = {}
         self.groups_across_splits: dict[str, int] = {}  # patients with images in two splits (grouped data)
@@ -167,8 +188,9 @@ class ClassificationDataModule(L.LightningDataModule):
         """Task, class names, native channels and size (mean/std are filled in here)."""
         raise NotImplementedError
 
-    def load_splits(self) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-        """uint8 images and raw labels for each split in SPLITS."""
+    def load_splits(self) -> tuple[ImageCache, dict[str, tuple[np.ndarray, np.ndarray]]]:
+        """The decoded images (one memory-mapped cache, at the channel count asked for) and, for each split
+        in SPLITS, the indices of its rows in that cache with their raw labels."""
         raise NotImplementedError
 
     def split_items(self, split: str) -> list[str]:
@@ -205,10 +227,13 @@ class ClassificationDataModule(L.LightningDataModule):
         if self.datasets:
             return
         info = self.describe()
-        splits = self.load_splits()
+        cache, splits = self.load_splits()
         chans = self.in_chans or info.in_chans
-        arrays = {s: to_channels(x, chans) for s, (x, _) in splits.items()}
-        self.duplicates = cross_split_duplicates({s: arrays[s] for s in SPLITS})
+        if cache.images.shape[-1] != chans:  # a subclass converts channels while it fills the cache
+            raise MedclassError(f"{type(self).__name__}: cached images have {cache.images.shape[-1]} channels, "
+                                f"not {chans}")
+        index = {s: np.asarray(i, np.int64) for s, (i, _) in splits.items()}
+        self.duplicates = split_copies({s: cache.digests_of(index[s]) for s in SPLITS})
         report_duplicates(self.duplicates)
         labels = {s: encode_labels(y, info.task) for s, (_, y) in splits.items()}
         self._labels = labels
@@ -216,45 +241,44 @@ class ClassificationDataModule(L.LightningDataModule):
         info.class_counts = (train_labels.sum(0).astype(int).tolist() if info.task == "multi-label" else
                              np.bincount(train_labels, minlength=info.num_classes).tolist())
         info.train_size = len(train_labels)
-        mean, std = channel_stats(arrays["train"]) if self.mean is None else (list(self.mean), list(self.std))
+        mean, std = cache.mean_std(index["train"]) if self.mean is None else (list(self.mean), list(self.std))
         if chans == 1 and len(mean) == 3 == len(std):  # RGB statistics (a pretrained backbone's) for grey input
             mean, std = [round(sum(mean) / 3, 4)], [round(sum(std) / 3, 4)]
         if len(mean) != chans or len(std) != chans:
             raise MedclassError(f"data.mean/data.std need {chans} values each, got {mean} and {std}")
         info.in_chans, info.mean, info.std = chans, list(mean), list(std)
         info.image_size = self.image_size or info.image_size
-        size = self.image_size if self.image_size and self.image_size != arrays["train"].shape[1] else None
+        size = self.image_size if self.image_size and self.image_size != cache.images.shape[1] else None
         plain = eval_transform(size, info.mean, info.std)
         train_tf = (
             self.augment(image_size=size, mean=info.mean, std=info.std, symmetry=info.symmetry, seed=self.seed)
             if self.augment  # None, or an empty config from augment=none
             else plain
         )
+        images = cache.images
         for split in SPLITS:
-            self.datasets[split] = ArrayDataset(arrays[split], labels[split], train_tf if split == "train" else plain)
-        self.datasets["train_eval"] = ArrayDataset(arrays["train"], labels["train"], plain)
+            self.datasets[split] = ArrayDataset(images, labels[split], train_tf if split == "train" else plain,
+                                                index[split])
+        self.datasets["train_eval"] = ArrayDataset(images, labels["train"], plain, index["train"])
         if isinstance(train_tf, BatchAugment):
-            self.batch_augment, self._train_images = train_tf, torch.from_numpy(arrays["train"])
-            self.datasets["train"] = IndexDataset(labels["train"])
+            self.batch_augment = train_tf
+            self.datasets["train"] = BatchDataset(images, labels["train"], index["train"])
         self._info = info
 
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
-        """Fast path: gather the batch's images on the device, then augment and normalize them there."""
+        """Fast path: the batch's uint8 images, gathered from the map, are augmented and normalized on the device."""
         if self.batch_augment is None or not isinstance(batch, (tuple, list)):  # a lone tensor: the model
             return batch  # summary's example input
-        index, labels = batch
-        if index.ndim != 1 or index.dtype != torch.long:  # an evaluation batch: already images
+        images, labels = batch
+        if images.dtype != torch.uint8:  # an evaluation batch: already normalized images
             return batch
-        assert self._train_images is not None
-        if self._train_images.device != index.device:
-            self._train_images = self._train_images.to(index.device)
-        return self.batch_augment(self._train_images[index]), labels
+        return self.batch_augment(images), labels
 
     def _loader(self, split: str, train: bool = False) -> DataLoader:
         self.setup()
         dataset = self.datasets[split]
-        indices = isinstance(dataset, IndexDataset)  # nothing for a worker process to do
-        workers = 0 if indices else self.num_workers
+        batched = isinstance(dataset, BatchDataset)  # one read per batch: nothing for a worker process to do
+        workers = 0 if batched else self.num_workers
         sampler = self.balanced_sampler() if train and self.sampler == "balanced" else None
         return DataLoader(
             dataset,
@@ -264,9 +288,9 @@ class ClassificationDataModule(L.LightningDataModule):
             drop_last=train and len(dataset) > self.batch_size,
             num_workers=workers,
             persistent_workers=workers > 0,
-            pin_memory=self.pin_memory and not indices,
+            pin_memory=self.pin_memory,
             worker_init_fn=functools.partial(init_worker, rank=self.global_rank),
-            collate_fn=as_batch if indices else None,
+            collate_fn=as_batch if batched else None,
         )
 
     def balanced_sampler(self) -> WeightedRandomSampler:

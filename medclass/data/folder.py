@@ -1,8 +1,9 @@
 """Class-per-folder image datasets (`data=folder` and its presets): decode once, split once.
 
-Images are decoded, converted to the channel count and resized to `image_size` a single time, and
-kept as one uint8 array (cached on disk, keyed by the file list, size and channels), so every epoch
-after the first read costs what MedMNIST costs.
+Images are decoded, converted to the channel count and resized to `image_size` a single time, one
+at a time, into a memory-mapped `.npy` cache (`medclass.data.cache`, keyed by the file list, size and
+channels): every epoch after the first read costs what MedMNIST costs, and memory does not grow with
+the number of images.
 
 The split depends only on the data and `split_seed`, never on the training `seed`, so `seed=1,2,3`
 varies training alone. Its file in `split_dir` is named by a key over everything that decides it
@@ -26,12 +27,13 @@ import numpy as np
 from rich.progress import track
 
 from medclass.data.base import SPLITS, ClassificationDataModule, DataInfo
+from medclass.data.cache import ImageCache, open_cache, temporary_stem, write_cache
 from medclass.data.decode import decode_resized
 from medclass.data.scan import Scan, scan_folder
 from medclass.data.splits import Row, assign_splits, groups_across_splits, read_rows, write_rows
 from medclass.utils.errors import MedclassError
 from medclass.utils.extras import MissingExtra
-from medclass.utils.io import atomic_open, write_csv
+from medclass.utils.io import write_csv
 from medclass.utils.limits import time_limit
 
 log = logging.getLogger("medclass")
@@ -262,10 +264,11 @@ class FolderDataModule(ClassificationDataModule):
     def item_columns(self, item: str) -> dict[str, str]:
         return self._columns.get(item, {})
 
-    def load_splits(self) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    def load_splits(self) -> tuple[ImageCache, dict[str, tuple[np.ndarray, np.ndarray]]]:
         rows = self.rows()
         paths = [self.file_of(r) for r in rows]
-        images, keep = self._decode_all(paths)
+        cache = self._decode_all(paths)
+        keep = cache.keep
         reported = {p for p, _ in self.skipped}
         self.skipped += [(p, "unreadable image (see the first run's log)") for p, k in zip(paths, keep, strict=True)
                          if not k and p not in reported]
@@ -277,35 +280,35 @@ class FolderDataModule(ClassificationDataModule):
                 raise MedclassError(
                     f"the {split} split of {self.root} is empty; add images or change data.split_fractions"
                 )
-            out[split] = (images[sel], self.targets([rows[i][1] for i in sel]))
+            out[split] = (np.asarray(sel, np.int64), self.targets([rows[i][1] for i in sel]))
             self._items[split] = [rows[i][0] for i in sel]
-        return out
+        return cache, out
 
-    def _decode_all(self, paths: list[Path]) -> tuple[np.ndarray, np.ndarray]:
-        """All images at image_size with the channel count, from the cache when it matches."""
+    def _decode_all(self, paths: list[Path]) -> ImageCache:
+        """All images at image_size with the channel count, decoded one at a time into a memory-mapped
+        cache (`medclass.data.cache`), or the cache of an earlier run when the files are the same."""
         size, chans = self.image_size or 64, self.in_chans or 1
         key = hashlib.sha1(
             "\n".join(f"{p}:{p.stat().st_size}:{p.stat().st_mtime_ns}" for p in paths).encode()
             + f"|{size}|{chans}".encode()
         ).hexdigest()[:16]
-        cache = self.cache_dir / f"{self.name}-{size}px-{chans}ch-{key}.npz" if self.cache_dir else None
-        if cache and cache.is_file():
-            with np.load(cache) as data:
-                return data["images"], data["keep"]
-        images = np.zeros((len(paths), size, size, chans), np.uint8)
-        keep = np.ones(len(paths), bool)
-        for i, path in enumerate(track(paths, description=f"decoding {self.name}", transient=True)):
-            try:
-                images[i] = decode_resized(path, size, chans)
-            except MissingExtra:
-                raise
-            except Exception as err:  # corrupt, truncated, unreadable: reported, never silent
-                keep[i] = False
-                self.skipped.append((path, f"unreadable image ({type(err).__name__}: {err})"))
-        if cache:
-            with atomic_open(cache, "wb") as f:
-                np.savez(f, images=images, keep=keep)
-        return images, keep
+        name = f"{self.name}-{size}px-{chans}ch-{key}"
+        stem = self.cache_dir / name if self.cache_dir else temporary_stem(name)
+        cache = open_cache(stem)
+        if cache is not None:
+            return cache
+        with write_cache(stem, (len(paths), size, size, chans)) as writer:
+            for i, path in enumerate(track(paths, description=f"decoding {self.name}", transient=True)):
+                try:
+                    writer.put(i, decode_resized(path, size, chans)[None])
+                except MissingExtra:
+                    raise
+                except Exception as err:  # corrupt, truncated, unreadable: reported, never silent
+                    writer.drop(i)
+                    self.skipped.append((path, f"unreadable image ({type(err).__name__}: {err})"))
+        cache = open_cache(stem)
+        assert cache is not None
+        return cache
 
 
 def _relative(path: Path, root: Path | None) -> str:

@@ -77,14 +77,14 @@ class Kind:
     targets: tuple[str, ...]
     options: Mapping[str, s.Check]
     required: tuple[str, ...]
-    writes_files: bool = True  # takes split_dir and cache_dir
+    folders: tuple[str, ...] = ("split_dir", "cache_dir")  # this machine's folders it writes into
 
 
 KINDS: dict[str, Kind] = {
     "medmnist": Kind(MedMNISTDataModule,
                      ("medclass.data.MedMNISTDataModule", "medclass.data.medmnist.MedMNISTDataModule"),
                      {**COMMON, "name": s.name(64), "size": s.choice(28, 64, 128, 224), "root": s.optional(s.text()),
-                      "download": s.boolean}, ("name",), writes_files=False),
+                      "download": s.boolean}, ("name",), folders=("cache_dir",)),
     "folder": Kind(FolderDataModule, ("medclass.data.FolderDataModule", "medclass.data.folder.FolderDataModule"),
                    FOLDER, ("root",)),
     "manifest": Kind(ManifestDataModule, ("medclass.data.ManifestDataModule",

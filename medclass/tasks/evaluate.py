@@ -60,9 +60,8 @@ def rebuild_data(module: Classifier, cfg: DictConfig) -> ClassificationDataModul
     description = data_registry.describe({**data_registry.from_file(described), **overrides}, "data")
     info = module.hparams.data_info
     machine.update(augment=None, mean=info["mean"], std=info["std"], in_chans=info["in_chans"])
-    if data_registry.KINDS[description["kind"]].writes_files:
-        for key, folder in (("split_dir", "splits"), ("cache_dir", "cache")):  # this machine's, not the trainer's
-            machine.setdefault(key, str(Path(cfg.paths.log_dir) / folder))
+    for key in data_registry.KINDS[description["kind"]].folders:  # this machine's, not the trainer's
+        machine.setdefault(key, str(Path(cfg.paths.log_dir) / {"split_dir": "splits", "cache_dir": "cache"}[key]))
     return data_registry.build(description, **machine)
 
 

@@ -42,11 +42,12 @@ MODE = 0o666 & ~_umask()  # what open() would have given the file (mkstemp makes
 def atomic_open(path: str | Path, mode: str = "w", **kwargs: Any) -> Iterator[IO[Any]]:
     """A file object whose content replaces `path` when the block ends without an error.
 
-    `mode` is "w" (text; `newline`, `encoding` pass through) or "wb". On an error the temporary file
-    is removed and `path` is left as it was.
+    `mode` is "w" (text; `newline`, `encoding` pass through), "wb", or "w+b" (bytes, readable too: a
+    memory map over the new file, as the image cache fills one). On an error the temporary file is
+    removed and `path` is left as it was.
     """
-    if mode not in ("w", "wb"):
-        raise ValueError(f"atomic_open writes whole files: mode 'w' or 'wb', not {mode!r}")
+    if mode not in ("w", "wb", "w+b"):
+        raise ValueError(f"atomic_open writes whole files: mode 'w', 'wb' or 'w+b', not {mode!r}")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
