@@ -58,8 +58,8 @@ class DataInfo:
 def _portable(images: np.ndarray) -> Any:
     """What a worker process started by spawn or forkserver receives: a memory map travels as its file's
     name and reopens there (pickling the map itself would copy every image into every worker)."""
-    if isinstance(images, np.memmap) and isinstance(images.filename, str):
-        return ("memmap", images.filename, images.offset, images.shape)
+    if isinstance(images, np.memmap) and isinstance(images.filename, (str, Path)):
+        return ("memmap", str(images.filename), images.offset, images.shape)
     return images
 
 
