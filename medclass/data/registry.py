@@ -1,7 +1,7 @@
 """Data kinds by name: how `eval.py ckpt_path=X` rebuilds the data a checkpoint was trained on.
 
 A checkpoint records its data as a description, `{"kind": "folder", "root": ..., "image_size": 64, ...}`:
-one of the registered kinds (MedMNIST, folder, manifest) and its plain options, each checked against
+one of the registered kinds (MedMNIST, folder, manifest, stream) and its plain options, each checked against
 the kind's schema. Paths in it say where to read, never where to write: the split, cache and
 augmentation settings are this machine's, so they are not part of a description at all, and the
 `name` that split and cache files are named after must be a plain name. Configs keep `_target_`;
@@ -20,6 +20,7 @@ from medclass.data.base import ClassificationDataModule
 from medclass.data.folder import FolderDataModule
 from medclass.data.manifest import ManifestDataModule
 from medclass.data.medmnist import MedMNISTDataModule
+from medclass.data.stream import StreamDataModule
 from medclass.utils import schema as s
 
 # decided by the machine that runs, never by a file: dropped from every description
@@ -92,6 +93,13 @@ KINDS: dict[str, Kind] = {
                      {**FOLDER, "manifest": s.text(), "root": s.optional(s.text()),
                       "multi_label": s.optional(s.boolean)},
                      ("manifest",)),
+    # a prepared copy (medclass-prepare): read where `input_dir` says, a local folder or a bucket; its LitData
+    # chunk cache (`cache_dir`) is this machine's, and the chunks are checked to unpickle nothing
+    "stream": Kind(StreamDataModule, ("medclass.data.StreamDataModule", "medclass.data.stream.StreamDataModule"),
+                   {**COMMON, "input_dir": s.text(), "name": s.optional(s.name(128)),
+                    "symmetry": s.optional(s.choice(*SYMMETRIES)),
+                    "max_cache_size": s.optional(s.text(32, r"[0-9.]+ ?[KMGT]?B?", "a size such as 50GB"))},
+                   ("input_dir",), folders=("cache_dir",)),
 }
 
 

@@ -5,6 +5,7 @@
 - `predict.py`: `medclass-predict` (`python predict.py`): class and confidence for new images
 - `export.py`: `medclass-export` (`python export.py`): ONNX with the preprocessing facts inside
 - `gather.py`: `medclass-gather`: one table (mean ± std) from a sweep's runs
+- `prepare.py`: `medclass-prepare` (`python prepare.py`): a folder or manifest written once for `data=stream`
 - `build.py`: the Trainer, callbacks and loggers every task builds the same way
 
 Nothing here is imported by `medclass/__init__.py`, and `commands.py` imports torch only inside each

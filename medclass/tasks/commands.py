@@ -1,5 +1,6 @@
-"""The command line: `medclass-train`, `medclass-eval`, `medclass-predict`, `medclass-export`, `medclass-gather`
-(and the repository's `train.py`, `eval.py`, `predict.py`, `export.py`, which call these).
+"""The command line: `medclass-train`, `medclass-eval`, `medclass-predict`, `medclass-export`, `medclass-gather`,
+`medclass-prepare` (and the repository's `train.py`, `eval.py`, `predict.py`, `export.py`, `prepare.py`, which
+call these).
 
 Hydra reads the configs shipped inside the package (`pkg://medclass.conf`), so an installed medclass
 runs from any folder; `hydra.searchpath` adds a user's own config folders (docs/configuration.md).
@@ -53,6 +54,14 @@ def _export(cfg: DictConfig) -> None:
     run_export(cfg)
 
 
+@hydra.main(version_base="1.3", config_path=CONFIGS, config_name="prepare")
+@report_user_errors
+def _prepare(cfg: DictConfig) -> None:
+    from medclass.tasks.prepare import run_prepare
+
+    run_prepare(cfg)
+
+
 def train() -> None:
     """`medclass-train`: train, validate, test and save a classifier (`medclass-train model=cnn data=medmnist`)."""
     run(_train)
@@ -78,3 +87,8 @@ def gather() -> None:
     from medclass.tasks.gather import main
 
     main()
+
+
+def prepare() -> None:
+    """`medclass-prepare data=folder data.root=<folder> out=<new folder>`: a LitData copy for data=stream."""
+    run(_prepare)

@@ -84,7 +84,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     with tracked_run(loggers, cfg):  # MLflow / W&B: the config first; W&B's run closed even on failure
         n_params = sum(p.numel() for p in module.parameters())
         log.info("data %s (%s, %d classes, %d channels) | model %s, %.2fM parameters | output %s",
-                 cfg.data.get("name", cfg.data._target_), info.task, info.num_classes, info.in_chans,
+                 getattr(datamodule, "name", None) or cfg.data._target_, info.task, info.num_classes, info.in_chans,
                  cfg.model._target_.rsplit(".", 1)[-1], n_params / 1e6, out)
 
         summary: dict[str, Any] = {"output_dir": str(out), "seed": cfg.seed, "parameters": n_params}

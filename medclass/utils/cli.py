@@ -24,7 +24,9 @@ GROUP_CHOICE = re.compile(r"^[+~]{0,2}(?P<group>[a-z_]+(?:/[a-z_]+)*)(?:@[\w.]+)
 
 # what a required option (`???` in the config) takes, for the one-line error when it is missing
 REQUIRED_HINTS = {"ckpt_path": "<run>/checkpoints/<file>.ckpt", "inputs": "<image, folder, 'glob' or CSV>",
-                  "data.root": "<folder with one sub-folder per class>", "data.manifest": "<labels.csv>"}
+                  "data.root": "<folder with one sub-folder per class>", "data.manifest": "<labels.csv>",
+                  "data.input_dir": "<folder or bucket URL written by medclass-prepare>",
+                  "out": "<a new folder for the prepared data set>"}
 
 
 def find_user_error(err: BaseException | None) -> MedclassError | None:

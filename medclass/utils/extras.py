@@ -1,7 +1,7 @@
 """Optional parts of medclass (`pip install "medclass[onnx]"`, ...): one clear line when one is missing.
 
 The core install trains, evaluates and predicts; ONNX export, DICOM files, Grad-CAM, Optuna and SLURM
-sweeps, MLflow and W&B need their extra. `pip install "medclass[all]"` installs every one.
+sweeps, MLflow, W&B and streamed data sets (LitData) need their extra. `pip install "medclass[all]"` installs every one.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ CHOICES = {
     ("logger", "wandb"): ("wandb", "wandb"),
     ("hparams_search", None): ("hydra_plugins.hydra_optuna_sweeper", "search"),
     ("hydra/launcher", "slurm"): ("hydra_plugins.hydra_submitit_launcher", "search"),
+    ("data", "stream"): ("litdata", "stream"),
 }
 
 

@@ -225,12 +225,13 @@ def plain(depth: int = 3, hi: int = 256) -> Check:
     return check
 
 
-def read_json(path: Path, what: str) -> Any:
-    """A JSON file of at most 16 MB as plain Python values; anything else is one error line."""
+def read_json(path: Path, what: str, max_bytes: int = MAX_JSON_BYTES) -> Any:
+    """A JSON file of at most `max_bytes` (16 MB unless a reader of larger files says so) as plain Python values;
+    anything else is one error line."""
     if not path.is_file():
         raise MedclassError(f"{path} does not exist: {what}")
-    if path.stat().st_size > MAX_JSON_BYTES:
-        raise Invalid(f"{path} is larger than {MAX_JSON_BYTES >> 20} MB; it is not a file medclass wrote")
+    if path.stat().st_size > max_bytes:
+        raise Invalid(f"{path} is larger than {max_bytes >> 20} MB; it is not a file medclass wrote")
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except (ValueError, RecursionError, UnicodeDecodeError) as err:

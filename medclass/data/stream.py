@@ -1,0 +1,443 @@
+"""Streaming data sets (`data=stream`): a folder or manifest prepared once into LitData chunks, then read
+from a local folder or object storage, shard by shard, under DDP across nodes.
+
+`prepare` (the `medclass-prepare` command) runs the folder or manifest pipeline's own scanning and
+splitting (patient groups, split key, `split.csv` rows), decodes every image once at the configured size
+and channel count into one LitData folder per split, reads them back to check that every image arrived
+and to sum pixels for the training split's mean and std (exact integer sums, as the in-memory cache
+does), and writes `medclass.json`: what a model needs to know (`DataInfo`), the split table and the
+leakage counts. `StreamDataModule` reads that file as data (a schema, one error line) and streams the
+chunks; nothing is decoded at training time. Why LitData, and what DDP does: docs/data.md "Streaming".
+"""
+
+from __future__ import annotations
+
+import atexit
+import functools
+import json
+import logging
+import re
+import shutil
+import tempfile
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from medclass.augment import BatchAugment, eval_transform
+from medclass.data.base import SPLITS, ClassificationDataModule, DataInfo, encode_labels, init_worker
+from medclass.data.cache import image_digests, image_sums, mean_std
+from medclass.data.decode import DICOM_SUFFIXES, decode_resized
+from medclass.data.folder import FolderDataModule
+from medclass.data.leakage import split_copies
+from medclass.utils import schema as s
+from medclass.utils.errors import MedclassError
+from medclass.utils.extras import require
+from medclass.utils.io import write_csv, write_text
+
+log = logging.getLogger("medclass")
+
+META = "medclass.json"
+FORMAT, VERSION = "medclass-stream", 1
+URL_PREFIXES = ("s3://", "gs://", "azure://", "r2://", "local:")  # LitData's object stores; local: a folder as one
+TASKS = ("binary-class", "multi-class", "multi-label")  # what a folder or manifest can be
+SYMMETRIES = ("invariant", "mirror", "sided")  # data.registry.SYMMETRIES, which imports this module
+MAX_META_BYTES = 256 * 2**20  # the split table: about 3 million rows
+MAX_ROWS = 10**8
+BASE_COLUMNS = ("index", "path", "label", "split")
+# what `prepare` writes into each item (image, label, index): LitData serializers that unpickle nothing
+ITEM_FORMAT = re.compile(r"(no_header_)?numpy(:\d+)?|int")
+ADVICE = "prepare the data set again with medclass-prepare (docs/data.md \"Streaming (data=stream)\")"
+
+
+def litdata_module(what: str) -> Any:
+    """`medclass.data.litstream` (which imports LitData), or one line naming the extra to install."""
+    require("litdata", "stream", what)
+    from medclass.data import litstream
+
+    return litstream
+
+
+def is_url(path: str) -> bool:
+    return path.startswith(URL_PREFIXES)
+
+
+# -- preparing ----------------------------------------------------------------------------------------------
+def prepare(data: FolderDataModule, out: str | Path, workers: int = 2, chunk_bytes: str = "64MB",
+            source: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Write `data` (a folder or manifest DataModule, not set up) as a streaming data set in the new folder `out`.
+
+    Returns the summary also logged. The split is the folder pipeline's own (`rows()`: split key, groups,
+    given splits); images that do not decode are left out and listed in `<out>/skipped.csv`, as the folder
+    pipeline lists them."""
+    if not isinstance(data, FolderDataModule):
+        raise MedclassError(f"medclass-prepare takes folder or manifest data (data=folder, data=manifest or their "
+                            f"presets), not {type(data).__name__}")
+    lit = litdata_module("medclass-prepare")
+    out = Path(str(out)).expanduser()
+    if is_url(str(out)):
+        raise MedclassError(f"out={out} must be a local folder; copy it to the bucket afterwards (docs/data.md "
+                            "\"Streaming (data=stream)\")")
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise MedclassError(f"out={out} already exists and is not an empty folder; choose a new folder (prepare "
+                            "never overwrites one)")
+    rows = data.rows()  # scan, group, split and key: the folder pipeline's own, split file included
+    info = data.describe()
+    size, chans = data.image_size or 64, data.in_chans or 1
+    files = [str(data.file_of(row)) for row in rows]
+    if any(Path(f).suffix.lower() in DICOM_SUFFIXES for f in files):
+        require("pydicom", "dicom", "preparing DICOM files")  # here, not as a failure per file in the workers
+    targets = data.targets([row[1] for row in rows])
+    multi = info.task == "multi-label"
+    labels = [[int(v) for v in t] if multi else int(t[0]) for t in targets]
+    jobs = {split: [(i, files[i], labels[i]) for i, row in enumerate(rows) if row[2] == split] for split in SPLITS}
+    for split, todo in jobs.items():
+        if not todo:
+            raise MedclassError(f"the {split} split of {data.root} is empty; add images or change "
+                                "data.split_fractions")
+    order: dict[str, list[int]] = {}
+    digests: dict[str, list[bytes]] = {}
+    sums = []
+    for split in SPLITS:
+        log.info("writing %s: %d images at %d px, %d channel(s)", split, len(jobs[split]), size, chans)
+        lit.write_split(jobs[split], out / split, size, chans, workers, chunk_bytes)
+        order[split], digests[split] = [], []
+        if (out / split / "index.json").is_file():
+            for images, index in lit.read_back(out / split):
+                order[split] += index.tolist()
+                digests[split] += [row.tobytes() for row in image_digests(images)]
+                if split == "train":
+                    sums.append(image_sums(images))
+    skipped = [(str(p), why) for p, why in getattr(data, "skipped", [])]
+    for split in SPLITS:
+        written = set(order[split])
+        if len(written) != len(order[split]) or not written <= {job[0] for job in jobs[split]}:
+            raise MedclassError(f"{out / split} holds images prepare did not write there; delete {out} and prepare "
+                                "again")
+        for index, path, _ in jobs[split]:
+            if index not in written:
+                skipped.append((path, f"unreadable image ({_why_unreadable(path, size, chans)})"))
+        if not written:
+            raise MedclassError(f"no image of the {split} split of {data.root} could be read (list: "
+                                f"{out / 'skipped.csv'}); check the files")
+    if skipped:
+        write_csv(out / "skipped.csv", skipped, ("path", "reason"))
+        reasons = Counter(why.split(" (")[0].split(" of ")[0] for _, why in skipped)
+        log.warning("skipped %d files (%s); list: %s", len(skipped),
+                    ", ".join(f"{n} {k}" for k, n in sorted(reasons.items())), out / "skipped.csv")
+    image_mean, image_std = mean_std(np.concatenate(sums), size * size)
+    train = order["train"]
+    if multi:
+        class_counts = np.asarray([labels[i] for i in train], np.int64).sum(0).tolist()
+    else:
+        class_counts = np.bincount([labels[i] for i in train], minlength=len(info.class_names)).tolist()
+    extra = list(dict.fromkeys(k for row in rows for k in data.item_columns(row[0])))
+    columns = [*BASE_COLUMNS, *extra]
+    table = [[i, rows[i][0], _label_text(labels[i], info.class_names, multi), split,
+              *(data.item_columns(rows[i][0]).get(k, "") for k in extra)]
+             for split in SPLITS for i in order[split]]
+    duplicates = split_copies(digests)
+    found = {k: n for k, n in duplicates.items() if n}
+    if found:
+        log.warning("exact copies across splits (pixel hash; reported, not removed): %s",
+                    ", ".join(f"{n} {k.replace('_', ' ')}" for k, n in found.items()))
+    meta = {
+        "format": FORMAT, "version": VERSION, "name": data.name,
+        "info": {"task": info.task, "class_names": list(info.class_names), "in_chans": chans, "image_size": size,
+                 "mean": image_mean, "std": image_std, "symmetry": info.symmetry, "split_key": data.split_key,
+                 "class_counts": class_counts, "train_size": len(train)},
+        "splits": {split: len(order[split]) for split in SPLITS},
+        "columns": columns, "rows": table,
+        "duplicates": duplicates, "groups_across_splits": dict(data.groups_across_splits),
+        "skipped": len(skipped), "source": source or {},
+    }
+    check_meta(meta, "the prepared data set")  # never write what StreamDataModule would refuse
+    write_text(out / META, _meta_text(meta))  # last: a folder without it is no finished data set
+    summary = {"out": str(out), "split_key": data.split_key, **meta["splits"], "skipped": len(skipped)}
+    log.info("prepared %s: %d train / %d val / %d test images, split key %s; train on it with: medclass-train "
+             "data=stream data.input_dir=%s", out, *meta["splits"].values(), data.split_key, out)
+    return summary
+
+
+def _meta_text(meta: dict[str, Any]) -> str:
+    """`medclass.json` as indented JSON with one split-table row per line (indenting every cell would make the
+    file of a large set several times longer, and no easier to read)."""
+    head = json.dumps({k: v for k, v in meta.items() if k != "rows"}, indent=2)
+    rows = ",\n".join(f"    {json.dumps(row)}" for row in meta["rows"])
+    return f'{head[:-2]},\n  "rows": [\n{rows}\n  ]\n}}\n'
+
+
+def _why_unreadable(path: str, size: int, chans: int) -> str:
+    try:
+        decode_resized(Path(path), size, chans)
+    except Exception as err:
+        return f"{type(err).__name__}: {err}"
+    return "not written by its worker"
+
+
+def _label_text(label: Any, names: list[str], multi: bool) -> str:
+    """A label as split.csv writes it: the class name, or for multi-label data the names joined with `;`."""
+    return ";".join(n for n, v in zip(names, label, strict=True) if v) if multi else names[label]
+
+
+# -- the metadata file, read as data --------------------------------------------------------------------------
+def _info(value: Any, where: str) -> dict[str, Any]:
+    info = s.record({
+        "task": s.choice(*TASKS),
+        "class_names": s.list_of(s.name(), 2, 100_000),
+        "in_chans": s.integer(1, 4),
+        "image_size": s.integer(1, 2048),
+        "mean": s.list_of(s.number(0, 1), 1, 4),
+        "std": s.list_of(s.number(0, 1, low_open=True), 1, 4),
+        "symmetry": s.choice(*SYMMETRIES),
+        "split_key": s.text(200),
+        "class_counts": s.list_of(s.integer(0, 10**12), 2, 100_000),
+        "train_size": s.integer(1, 10**12),
+    }, required=("task", "class_names", "in_chans", "image_size", "mean", "std", "symmetry", "split_key",
+                 "class_counts", "train_size"))(value, where)
+    names = info["class_names"]
+    if len(set(names)) != len(names):
+        raise s.Invalid(f"{where}.class_names repeats a name")
+    if info["task"] == "binary-class" and len(names) != 2:
+        raise s.Invalid(f"{where}: a binary-class task has two class names, not {len(names)}")
+    if len(info["mean"]) != info["in_chans"] or len(info["std"]) != info["in_chans"]:
+        raise s.Invalid(f"{where}: mean and std need one value per channel (in_chans={info['in_chans']})")
+    if len(info["class_counts"]) != len(names):
+        raise s.Invalid(f"{where}.class_counts has {len(info['class_counts'])} values for {len(names)} classes")
+    return info
+
+
+COUNTS = s.mapping(s.text(40, r"[a-z_]+", "a name such as test_in_train"), s.integer(0, 10**12), 3)
+META_FIELDS: dict[str, s.Check] = {
+    "format": s.choice(FORMAT), "version": s.choice(VERSION), "name": s.name(128), "info": _info,
+    "splits": s.record({split: s.integer(1, MAX_ROWS) for split in SPLITS}, SPLITS),
+    "columns": s.list_of(s.text(100, r"[A-Za-z0-9_. -]+", "a plain column name"), len(BASE_COLUMNS), 64),
+    "rows": lambda value, where: value,  # checked row by row in `_rows`, with the class names at hand
+    "duplicates": COUNTS, "groups_across_splits": COUNTS, "skipped": s.integer(0, 10**12),
+    "source": s.plain(3, 100_000),
+}
+
+
+def _rows(meta: dict[str, Any]) -> None:
+    """Every row of the split table: its index once, a known split and label, the counts the file states."""
+    columns, rows, info = meta["columns"], meta["rows"], meta["info"]
+    if list(columns[:len(BASE_COLUMNS)]) != list(BASE_COLUMNS) or len(set(columns)) != len(columns):
+        raise s.Invalid(f"columns={s._show(columns)}: expected {', '.join(BASE_COLUMNS)} first, each name once")
+    if not isinstance(rows, list) or len(rows) > MAX_ROWS:
+        raise s.fail("rows", rows, f"a list of at most {MAX_ROWS} rows")
+    names = info["class_names"]
+    index_of = {name: i for i, name in enumerate(names)}
+    multi = info["task"] == "multi-label"
+    path_text, cell_text = s.text(4096), s.text(1024)
+    seen: set[int] = set()
+    per_split: Counter[str] = Counter()
+    counts = [0] * len(names)
+    for n, row in enumerate(rows):
+        where = f"rows[{n}]"
+        if not isinstance(row, list) or len(row) != len(columns):
+            raise s.fail(where, row, f"a list of {len(columns)} cells ({', '.join(columns)})")
+        index, path, label, split, *extra = row
+        if isinstance(index, bool) or not isinstance(index, int) or index < 0 or index in seen:
+            raise s.fail(f"{where}[0]", index, "an image index (a whole number ≥ 0) that no other row has")
+        seen.add(index)
+        path_text(path, f"{where}[1]")
+        if split not in SPLITS:
+            raise s.fail(f"{where}[3]", split, f"one of {', '.join(SPLITS)}")
+        parts = (label.split(";") if label else []) if multi and isinstance(label, str) else [label]
+        if not all(isinstance(p, str) and p in index_of for p in parts) or (not multi and len(parts) != 1):
+            raise s.fail(f"{where}[2]", label, "a class name of info.class_names" + (" (or several, joined with "
+                                                                                        "';')" if multi else ""))
+        for i, value in enumerate(extra):
+            cell_text(value, f"{where}[{len(BASE_COLUMNS) + i}]")
+        per_split[split] += 1
+        if split == "train":
+            for p in parts:
+                counts[index_of[p]] += 1
+    for split in SPLITS:
+        if per_split[split] != meta["splits"][split]:
+            raise s.Invalid(f"splits.{split}={meta['splits'][split]} but rows hold {per_split[split]} {split} images")
+    if info["train_size"] != per_split["train"] or info["class_counts"] != counts:
+        raise s.Invalid(f"info.train_size and info.class_counts ({info['train_size']}, {info['class_counts']}) do not "
+                        f"match the train rows ({per_split['train']}, {counts})")
+
+
+def _meta(value: Any, where: str) -> dict[str, Any]:
+    meta = s.record(META_FIELDS, required=tuple(META_FIELDS))(value, where)
+    _rows(meta)
+    return meta
+
+
+def check_meta(payload: Any, source: str) -> dict[str, Any]:
+    """A `medclass.json` read as data: known keys, plain values of the right type, the split table consistent
+    with the counts and classes it states; any fault is one `Invalid` line starting with `source`."""
+    return s.read_as_data(_meta, payload, source, ADVICE)
+
+
+INDEX = s.record({
+    "config": s.record({"data_format": s.list_of(s.text(40, ITEM_FORMAT.pattern, "a pickle-free LitData format "
+                                                              "(numpy, int) as medclass-prepare writes"), 1, 16),
+                        "item_loader": s.choice("PyTreeLoader"), "encryption": s.choice(None)},
+                       ("data_format", "item_loader"), extra=s.plain(3, 1000)),
+    "chunks": s.list_of(s.record({"chunk_size": s.integer(0, 10**9), "filename": s.text(200, r"[\w.-]+")},
+                                 ("chunk_size", "filename"), extra=s.plain(2, 1000)), 1, 10**7),
+}, ("config", "chunks"), extra=s.plain(3, 1000))
+
+
+def check_index(payload: Any, source: str) -> int:
+    """A split's LitData `index.json`, checked before LitData reads a chunk: only serializers that unpickle
+    nothing (a chunk of a stranger's data set must not run code), no encryption; returns its image count."""
+    index = s.read_as_data(INDEX, payload, source, ADVICE)
+    return sum(chunk["chunk_size"] for chunk in index["chunks"])
+
+
+# -- training -----------------------------------------------------------------------------------------------
+class StreamDataModule(ClassificationDataModule):
+    """A data set written by `prepare`, streamed with LitData from `input_dir`: a local folder, or its copy in
+    object storage (`s3://bucket/set`, `gs://`, `azure://`, `r2://`; `local:/folder` reads a folder as if it
+    were a bucket, chunks cached in `cache_dir`). Images arrive decoded at the prepared size and channels."""
+
+    def __init__(self, input_dir: str, name: str | None = None, cache_dir: str | None = None,
+                 max_cache_size: str | None = None, symmetry: str | None = None, image_size: int | None = None,
+                 in_chans: int | None = None, **kwargs: Any) -> None:
+        super().__init__(image_size=image_size, in_chans=in_chans, **kwargs)
+        if self.sampler == "balanced":
+            raise MedclassError("data.sampler=balanced draws images at random, which a stream cannot; use "
+                                "module.class_weights=balanced with data=stream")
+        input_dir = str(input_dir)
+        self.input_dir = input_dir.rstrip("/") if is_url(input_dir) else str(Path(input_dir).expanduser().absolute())
+        self.name, self.symmetry = name, symmetry
+        self.cache_dir = str(Path(cache_dir).expanduser()) if cache_dir else None
+        self.max_cache_size = max_cache_size
+        self.meta: dict[str, Any] = {}
+        self._items: dict[str, list[str]] = {}
+        self._columns: dict[str, dict[str, str]] = {}
+
+    # -- the prepared folder ------------------------------------------------------------------------------
+    def _local(self, name: str) -> Path:
+        """A file of the prepared data set on this machine: in place, or fetched from the bucket."""
+        if not is_url(self.input_dir):
+            return Path(self.input_dir) / name
+        lit = litdata_module("data=stream")
+        folder = Path(tempfile.mkdtemp(prefix="medclass-stream-"))
+        atexit.register(shutil.rmtree, folder, True)
+        try:
+            return lit.fetch(self.input_dir, name, folder)
+        except Exception as err:  # no network, no credentials, no such bucket or key, no client library
+            detail = " ".join(str(err).split()).split(" Debug source")[0][:300]  # obstore appends a Rust dump
+            raise MedclassError(f"cannot read {self.input_dir}/{name} ({type(err).__name__}: {detail}); check the "
+                                "URL, the storage credentials and the network, or give a local folder") from None
+
+    def read_meta(self) -> dict[str, Any]:
+        """`medclass.json`, checked; then each split's `index.json`, checked and counted against it."""
+        path = self._local(META)
+        if not path.is_file():
+            raise MedclassError(f"data.input_dir={self.input_dir} holds no {META}: it is not a data set prepared by "
+                                "medclass-prepare (or preparing it did not finish); " + ADVICE)
+        source = f"{self.input_dir}/{META}" if is_url(self.input_dir) else str(path)
+        meta = check_meta(s.read_json(path, "the description of a prepared data set", MAX_META_BYTES), source)
+        for split in SPLITS:
+            index_path = self._local(f"{split}/index.json")
+            where = f"{self.input_dir}/{split}/index.json"
+            if not index_path.is_file():
+                raise MedclassError(f"{where} does not exist; the prepared data set is incomplete: " + ADVICE)
+            held = check_index(s.read_json(index_path, "a LitData index"), where)
+            if held != meta["splits"][split]:
+                raise MedclassError(f"{where} holds {held} images but {source} lists {meta['splits'][split]}; the "
+                                    "folder was changed after preparing: " + ADVICE)
+        return meta
+
+    # -- what the base class provides for in-memory data, here from the file ----------------------------------
+    def describe(self) -> DataInfo:
+        info = self.meta["info"]
+        return DataInfo(task=info["task"], class_names=list(info["class_names"]), in_chans=info["in_chans"],
+                        image_size=info["image_size"], mean=list(info["mean"]), std=list(info["std"]),
+                        symmetry=self.symmetry or info["symmetry"], split_key=info["split_key"],
+                        class_counts=list(info["class_counts"]), train_size=info["train_size"])
+
+    def split_items(self, split: str) -> list[str]:
+        return self._items[split]
+
+    def item_columns(self, item: str) -> dict[str, str]:
+        return self._columns.get(item, {})
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.datasets:
+            return
+        lit = litdata_module("data=stream")
+        self.meta = self.read_meta()
+        self.name = self.name or self.meta["name"]
+        info = self.describe()
+        stored_chans, stored_size = info.in_chans, info.image_size
+        chans = self.in_chans or stored_chans
+        mean, std = (info.mean, info.std) if self.mean is None else (list(self.mean), list(self.std or []))
+        if stored_chans != chans and self.mean is None:  # statistics of the converted images: grey <-> colour
+            mean, std = ([round(sum(mean) / len(mean), 4)] * chans, [round(sum(std) / len(std), 4)] * chans)
+        if chans == 1 and len(mean) == 3 == len(std):  # RGB statistics (a pretrained backbone's) for grey input
+            mean, std = [round(sum(mean) / 3, 4)], [round(sum(std) / 3, 4)]
+        if len(mean) != chans or len(std) != chans:
+            raise MedclassError(f"data.mean/data.std need {chans} values each, got {mean} and {std}")
+        info.in_chans, info.mean, info.std = chans, list(mean), list(std)
+        info.image_size = self.image_size or stored_size
+        size = self.image_size if self.image_size and self.image_size != stored_size else None
+        plain = eval_transform(size, info.mean, info.std)
+        train_tf = (self.augment(image_size=size, mean=info.mean, std=info.std, symmetry=info.symmetry, seed=self.seed)
+                    if self.augment else plain)
+        if isinstance(train_tf, BatchAugment):
+            raise MedclassError("augment=batch gathers training images from memory on the device; with data=stream "
+                                "use augment=default (or another per-image pipeline)")
+        columns, multi = self.meta["columns"], info.task == "multi-label"
+        names = {name: i for i, name in enumerate(info.class_names)}
+        for split in SPLITS:
+            rows = [row for row in self.meta["rows"] if row[3] == split]
+            self._items[split] = [row[1] for row in rows]
+            hot = np.zeros((len(rows), len(names)), np.int64)
+            for r, row in enumerate(rows):
+                hot[r, [names[p] for p in (row[2].split(";") if multi else [row[2]]) if p]] = 1
+            self._labels[split] = encode_labels(hot if multi else hot.argmax(1)[:, None], info.task)
+            for row in rows:
+                extra = {c: v for c, v in zip(columns[len(BASE_COLUMNS):], row[len(BASE_COLUMNS):], strict=True)}
+                if extra:
+                    self._columns[row[1]] = extra
+        self.duplicates = dict(self.meta["duplicates"])
+        self.groups_across_splits = dict(self.meta["groups_across_splits"])
+        found = {k: n for k, n in self.duplicates.items() if n}
+        if found:
+            log.warning("exact copies across splits (pixel hash, counted by medclass-prepare): %s",
+                        ", ".join(f"{n} {k.replace('_', ' ')}" for k, n in found.items()))
+
+        def stream(split: str, transform: Any, shuffle: bool) -> Any:
+            return lit.ImageStream(f"{self.input_dir}/{split}", lit.ToSample(transform, chans, multi), shuffle=shuffle,
+                                   seed=self.seed, cache_dir=self.cache_dir, max_cache_size=self.max_cache_size)
+
+        try:
+            for split in SPLITS:
+                self.datasets[split] = stream(split, train_tf if split == "train" else plain, split == "train")
+            self.datasets["train_eval"] = stream("train", plain, False)
+        except MedclassError:
+            raise
+        except Exception as err:  # what LitData says about a folder or bucket it cannot read
+            self.datasets = {}
+            detail = " ".join(str(err).split())[:300]
+            raise MedclassError(f"LitData cannot open {self.input_dir} ({type(err).__name__}: {detail})") from None
+        log.info("streaming %s from %s: %d train / %d val / %d test images, %d px, %d channel(s)", self.name,
+                 self.input_dir, *self.meta["splits"].values(), info.image_size, chans)
+        self._info = info
+
+    def _loader(self, split: str, train: bool = False) -> Any:
+        """A LitData loader over this rank's share of `split`. Training: shuffled, each rank its own images,
+        the same number on every rank (DDP needs equal steps), so under DDP up to ranks - 1 images sit out an
+        epoch. Evaluation: in stored order, every image once over all ranks, in this process (the order
+        `split_items` and eval.py's predictions.csv follow)."""
+        self.setup()
+        lit = litdata_module("data=stream")
+        dataset = self.datasets[split]
+        trainer = self.trainer
+        world, rank, nodes = ((trainer.world_size, trainer.global_rank, trainer.num_nodes) if trainer is not None
+                              else lit.detect_distributed())
+        dataset.set_distributed(world, rank, nodes)
+        dataset.set_drop_last(train and world > 1)
+        workers = self.num_workers if train else 0
+        return lit.StreamLoader(dataset, batch_size=self.batch_size if train else self.eval_batch_size,
+                                num_workers=workers, pin_memory=self.pin_memory,
+                                worker_init_fn=functools.partial(init_worker, rank=rank))
