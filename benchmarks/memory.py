@@ -445,7 +445,8 @@ def merge(*overrides: list[str]) -> list[str]:
     return list(merged.values())
 
 
-def measure(name: str, data: list[str], args: argparse.Namespace, train_batches: int | float) -> list[Run]:
+def measure(name: str, data: list[str], args: argparse.Namespace, train_batches: int | float,
+            extra: list[str] | None = None) -> list[Run]:
     """The two runs of one set (module docstring): cold cache, then warm with a longer timed epoch."""
     log_dir = args.work / "runs" / name
     shutil.rmtree(log_dir, ignore_errors=True)
@@ -453,8 +454,9 @@ def measure(name: str, data: list[str], args: argparse.Namespace, train_batches:
     workers = [] if args.num_workers is None else [f"data.num_workers={args.num_workers}"]
     common = [*data, "debug=fast", *workers]
     print(f"{name}:", flush=True)
-    first = run_command("run1", merge(common, args.extra), log_dir, args.cap, args.timeout)
-    later = run_command("run2", merge(common, [f"trainer.limit_train_batches={train_batches}"], args.extra),
+    extra = args.extra if extra is None else extra
+    first = run_command("run1", merge(common, extra), log_dir, args.cap, args.timeout)
+    later = run_command("run2", merge(common, [f"trainer.limit_train_batches={train_batches}"], extra),
                         log_dir, args.cap, args.timeout)
     return [first, later]
 
@@ -544,6 +546,9 @@ def main() -> None:
     parser.add_argument("--train-batches", type=int, default=8, help="training batches of run 2 (images/s)")
     parser.add_argument("--num-workers", type=int, help="data.num_workers (default: debug=fast's, 0)")
     parser.add_argument("--extra", nargs="*", default=[], help="more overrides for every run")
+    parser.add_argument("--npz-extra", nargs="*", default=[],
+                        help="more overrides for the .npz runs, e.g. data.image_size=64: the 224 px images are read "
+                             "from the cache and resized on the fly, so a whole epoch of the network takes minutes")
     parser.add_argument("--timeout", type=float, default=7200, help="seconds per run before it is stopped")
     parser.add_argument("--work", type=Path, default=Path("/tmp/medclass-memory"), help="data and run folders")
     parser.add_argument("--write", action="store_true", help="write the table to --out")
@@ -567,7 +572,8 @@ def main() -> None:
         data = ["data=medmnist", f"data.root={path.parent}", f"data.size={NPZ_SIZE}", "data.download=false"]
         label = f"npz {'/'.join(str(c) for c in counts.values())} × {NPZ_SIZE} px (BloodMNIST size)"
         batches = 1.0 if args.npz_full_epoch else args.train_batches  # 1.0: every batch
-        rows.append((label, sum(counts.values()), measure(path.parent.name, data, args, batches)))
+        rows.append((label, sum(counts.values()), measure(path.parent.name, data, args, batches,
+                                                          [*args.extra, *args.npz_extra])))
 
     lines, done = table(rows, args.cap), checks(rows, args.cap)
     print("\n" + "\n".join(lines) + "\n\n" + "\n".join(done))
@@ -587,7 +593,9 @@ def main() -> None:
         f"lightning {version('lightning')}, Python {platform.python_version()}).", "",
         f"Each set ran twice, {where}: run 1 with no cache (`debug=fast`: 4 training batches of 32), run 2 with "
         f"the cache run 1 wrote (`trainer.limit_train_batches={args.train_batches}`"
-        + ("; the .npz's: a whole epoch" if args.npz_full_epoch and npz else "") + "). The first run's command:", "",
+        + ("; the .npz's: a whole epoch" if args.npz_full_epoch and npz else "")
+        + (f"; the .npz's also with `{' '.join(args.npz_extra)}`" if args.npz_extra and npz else "")
+        + "). The first run's command:", "",
         f"    {example}", "",
         "Peak private memory: the peak over both runs of `RssAnon` summed over the process and its "
         "descendants, every 0.1 s; before step 1: its peak before the first training batch began (data setup, "
