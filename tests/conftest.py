@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +17,9 @@ from omegaconf import DictConfig, open_dict
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
+# runs that keep the default paths.log_dir (subprocesses inherit it) write caches and splits here, not in the repo
+os.environ.setdefault("MEDCLASS_OUTPUTS", tempfile.mkdtemp(prefix="medclass-test-outputs-"))
+atexit.register(shutil.rmtree, os.environ["MEDCLASS_OUTPUTS"], True)
 CONF = ROOT / "conf"
 SHARED_DATA = Path(os.environ.get("MEDCLASS_DATA") or ROOT.parent / "shared" / "data")
 
