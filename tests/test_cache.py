@@ -141,7 +141,7 @@ def rewrite_member(path: Path, key: str, payload: bytes) -> None:
             z.writestr(name, data)
 
 
-@pytest.mark.parametrize("fault", ["truncated", "object", "fortran", "channels"])
+@pytest.mark.parametrize("fault", ["truncated", "object", "fortran", "channels", "huge"])
 def test_a_bad_image_member_is_named_and_nothing_is_cached(tmp_path: Path, fault: str) -> None:
     path = write_npz(tmp_path / "m", "breastmnist")
     with zipfile.ZipFile(path) as z:
@@ -149,15 +149,26 @@ def test_a_bad_image_member_is_named_and_nothing_is_cached(tmp_path: Path, fault
     payload = {"truncated": lambda: good[:-100],
                "object": lambda: _npy(np.array([None] * 48, dtype=object), allow_pickle=True),
                "fortran": lambda: _npy(np.asfortranarray(np.zeros((48, 28, 28), np.uint8))),
-               "channels": lambda: _npy(np.zeros((48, 28, 28, 2), np.uint8))}[fault]()
+               "channels": lambda: _npy(np.zeros((48, 28, 28, 2), np.uint8)),
+               "huge": lambda: _huge_header((10**12, 28, 28))}[fault]()
     rewrite_member(path, "train_images", payload)
     dm = MedMNISTDataModule(name="breastmnist", root=str(path.parent), download=False, num_workers=0,
                             cache_dir=str(tmp_path / "cache"))
-    expected = {"truncated": r"\(train_images\) ends after 47 of its 48 rows \(a truncated file\)",
-                "object": "an object array", "fortran": "Fortran-ordered", "channels": "2 channels"}[fault]
+    expected = {"truncated": r"train_images declares a \(48, 28, 28\) uint8 array .* cannot hold",
+                "object": "an object array", "fortran": "Fortran-ordered", "channels": "2 channels",
+                "huge": r"train_images declares a \(1000000000000, 28, 28\) uint8 array"}[fault]
     with pytest.raises(MedclassError, match=expected):
         dm.setup()
     assert not list((tmp_path / "cache").glob("*")) if (tmp_path / "cache").exists() else True
+
+
+def _huge_header(shape: tuple[int, ...]) -> bytes:
+    """A .npy header declaring `shape` followed by a few bytes: a stranger's zip-bomb-sized claim."""
+    import io
+
+    buffer = io.BytesIO()
+    np.lib.format.write_array_header_1_0(buffer, {"descr": "|u1", "fortran_order": False, "shape": shape})
+    return buffer.getvalue() + bytes(100)
 
 
 def _npy(array: np.ndarray, allow_pickle: bool = False) -> bytes:

@@ -37,6 +37,7 @@ from medclass.utils.io import atomic_open
 CHUNK_BYTES = 32 * 2**20  # pixels handled at once while unpacking, hashing or summing
 SQUARES = (np.arange(256, dtype=np.uint32) ** 2).astype(np.uint16)  # 255² = 65025 fits uint16
 DIGEST = 16
+MAX_DEFLATE_RATIO = 1100  # deflate expands at most about 1032:1
 
 
 def image_sums(images: np.ndarray) -> np.ndarray:
@@ -163,9 +164,13 @@ def temporary_stem(name: str) -> Path:
 
 # -- official .npz files: unpacked once, never read whole ------------------------------------------------
 def npz_member(archive: zipfile.ZipFile, key: str, where: Path) -> tuple[IO[bytes], tuple[int, ...], np.dtype]:
-    """An open stream positioned at the data of `key.npy`, with its shape and dtype (header read as data)."""
+    """An open stream positioned at the data of `key.npy`, with its shape and dtype (header read as data).
+
+    The header's size must be what the zip's directory says the member holds, and no more than deflate
+    can expand to: a stranger's file cannot declare a terabyte array it does not contain."""
     try:
-        stream = archive.open(f"{key}.npy")
+        info = archive.getinfo(f"{key}.npy")
+        stream = archive.open(info)
         version = np.lib.format.read_magic(stream)
         if version == (1, 0):
             shape, fortran, dtype = np.lib.format.read_array_header_1_0(stream)
@@ -179,7 +184,22 @@ def npz_member(archive: zipfile.ZipFile, key: str, where: Path) -> tuple[IO[byte
     if fortran or dtype.hasobject:
         raise MedclassError(f"{where}: {key} is {'Fortran-ordered' if fortran else 'an object array'}; MedMNIST files "
                             "hold plain C-ordered arrays (rewrite it with numpy.savez)")
-    return stream, tuple(shape), dtype
+    nbytes = int(np.prod(shape, dtype=object)) * dtype.itemsize
+    packed = info.compress_size if info.compress_type != zipfile.ZIP_STORED else info.file_size
+    if info.file_size != stream.tell() + nbytes or info.file_size > MAX_DEFLATE_RATIO * packed + 2**20:
+        raise MedclassError(f"{where}: {key} declares a {shape} {dtype} array ({nbytes} bytes) that its "
+                            f"{packed}-byte zip entry cannot hold; the file is damaged or not a MedMNIST file "
+                            "(delete it to download again)")
+    return stream, tuple(int(n) for n in shape), dtype
+
+
+def read_member(path: Path, key: str) -> np.ndarray:
+    """A whole (small) array of a `.npz`, such as the labels, read in chunks: never larger than its data."""
+    with zipfile.ZipFile(path) as archive:
+        stream, shape, dtype = npz_member(archive, key, path)
+        with stream:
+            parts = list(read_chunks(stream, shape, dtype, f"{path} ({key})"))
+    return np.concatenate(parts) if parts else np.zeros(shape, dtype)
 
 
 def read_chunks(stream: IO[bytes], shape: tuple[int, ...], dtype: np.dtype, where: str) -> Iterator[np.ndarray]:
@@ -208,6 +228,12 @@ def unpack_images(path: Path, keys: list[str], stem: Path, convert: Callable[[np
         check(members)
         total = sum(shape[0] for shape, _ in members.values())
         first = convert(np.zeros((1, *members[keys[0]][0][1:]), np.uint8))
+        need = total * first[0].nbytes
+        stem.parent.mkdir(parents=True, exist_ok=True)
+        free = shutil.disk_usage(stem.parent).free
+        if need > free:
+            raise MedclassError(f"unpacking {path} needs {need / 2**30:.1f} GiB in {stem.parent}, which has "
+                                f"{free / 2**30:.1f} GiB free; free space there or set data.cache_dir to a larger disk")
         with write_cache(stem, (total, *first.shape[1:])) as writer:
             start = 0
             for key in keys:

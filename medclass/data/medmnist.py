@@ -10,7 +10,7 @@ import numpy as np
 from medmnist.info import DEFAULT_ROOT
 
 from medclass.data.base import SPLITS, ClassificationDataModule, DataInfo
-from medclass.data.cache import ImageCache, open_cache, temporary_stem, unpack_images
+from medclass.data.cache import ImageCache, open_cache, read_member, temporary_stem, unpack_images
 from medclass.data.decode import to_channels
 from medclass.data.locate import candidate_dirs, find_or_download
 from medclass.data.medmnist_info import filename, medmnist_info
@@ -86,8 +86,9 @@ class MedMNISTDataModule(ClassificationDataModule):
     def load_splits(self) -> tuple[ImageCache, dict[str, tuple[np.ndarray, np.ndarray]]]:
         path = self.path(download=True)
         try:
-            with np.load(path, allow_pickle=False) as npz:  # reads only the members asked for
-                labels = {s: npz[f"{s}_labels"] for s in SPLITS}
+            labels = {s: read_member(path, f"{s}_labels") for s in SPLITS}
+        except MedclassError:
+            raise
         except KeyError as err:
             raise MedclassError(f"{path} lacks {err.args[0]}; MedMNIST files hold train_, val_ and test_ images "
                                 "and labels") from err
