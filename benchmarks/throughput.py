@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
+import numpy as np
 import torch
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
@@ -114,7 +115,8 @@ def plain_rate(cfg: DictConfig, datamodule: ClassificationDataModule, steps: int
     """Images/s of a hand-written loop on the same network: no augmentation, no Lightning."""
     torch.manual_seed(cfg.seed)
     info = datamodule.info
-    images = datamodule.datasets["train_eval"].images  # uint8 (N, H, W, C), the same split
+    train = datamodule.datasets["train_eval"]
+    images = np.ascontiguousarray(train.images[train.index])  # uint8 (N, H, W, C), the same split, in memory
     labels = torch.as_tensor(datamodule.datasets["train_eval"].labels)
     mean = torch.tensor(info.mean).view(1, -1, 1, 1)
     std = torch.tensor(info.std).view(1, -1, 1, 1)
