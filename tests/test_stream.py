@@ -171,15 +171,23 @@ def seen_by_rank(run: Path) -> dict[int, list[int]]:
     return seen
 
 
-def test_two_process_ddp_each_rank_reads_its_own_images_once(prepared: tuple[Path, Path], tmp_path: Path) -> None:
-    """Two CPU ranks with two loader workers each, batches of 6: one epoch reads every training image once (the
-    loader's length counts each worker's last, partial batch: 4 batches, where 16 images / 6 would say 3)."""
-    _, out = prepared
-    proc = run_script("train.py", *DDP, "data=stream", f"data.input_dir={out}", f"paths.log_dir={tmp_path}",
+def test_prepare_then_two_process_ddp_then_eval_on_the_command_line(tmp_path: Path) -> None:
+    """What a user types, end to end: medclass-prepare (prepare.py), train.py under 2-process CPU DDP with two
+    loader workers per rank and batches of 6, eval.py on the checkpoint.
+
+    One epoch reads every training image once over the ranks (the loader's length counts each worker's last,
+    partial batch: 4 batches, where 16 images / 6 would say 3), and the run's split is the folder's own."""
+    root = patient_tree(tmp_path / "data")
+    out, logs = tmp_path / "prepared", tmp_path / "outputs"
+    proc = run_script("prepare.py", "data=folder", f"data.root={root}", "data.image_size=8",
+                      f'data.group_by="{GROUP}"', f"out={out}", "chunk_bytes=1KB", f"paths.log_dir={logs}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "train on it with: medclass-train data=stream" in proc.stderr + proc.stdout
+    proc = run_script("train.py", *DDP, "data=stream", f"data.input_dir={out}", f"paths.log_dir={logs}",
                       "data.num_workers=2", "data.batch_size=6", "trainer.limit_train_batches=1.0",
                       "+callbacks.probe={_target_:tests.test_stream.SeenProbe}")
     assert proc.returncode == 0, proc.stderr[-3000:]
-    run = next((tmp_path / "train" / "runs").iterdir())
+    run = next((logs / "train" / "runs").iterdir())
     seen = seen_by_rank(run)
     train = [row[0] for row in json.loads((out / META).read_text())["rows"] if row[3] == "train"]
     assert sorted(seen) == [0, 1] and len(seen[0]) == len(seen[1]) == len(train) // 2
@@ -188,31 +196,16 @@ def test_two_process_ddp_each_rank_reads_its_own_images_once(prepared: tuple[Pat
     assert len(list((run / "seen").glob("rank0-*.txt"))) == 2  # read by two worker processes per rank
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["run"]["steps"] == 4  # 16 images per rank, 8 per worker: batches of 6 + 2, twice
-
-
-# -- the command line: prepare, train, eval --------------------------------------------------------------------
-def test_prepare_train_and_eval_on_the_command_line(tmp_path: Path) -> None:
-    root = patient_tree(tmp_path / "data")
-    out = tmp_path / "prepared"
-    proc = run_script("prepare.py", "data=folder", f"data.root={root}", "data.image_size=8",
-                      f'data.group_by="{GROUP}"', f"out={out}", f"paths.log_dir={tmp_path / 'outputs'}")
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "train on it with: medclass-train data=stream" in proc.stderr + proc.stdout
-    proc = run_script("train.py", "data=stream", f"data.input_dir={out}", *FAST, "logger=none",
-                      f"paths.log_dir={tmp_path / 'outputs'}")
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    run = next((tmp_path / "outputs" / "train" / "runs").iterdir())
     reference = folder(root, tmp_path)
     reference.setup()
     reference.write_split(tmp_path / "folder_split.csv")
     assert split_rows(run / "split.csv") == split_rows(tmp_path / "folder_split.csv")
-    metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["data"]["split_key"] == reference.info.split_key
     assert metrics["data"]["groups_across_splits"]["test_and_train"] == 0
     ckpt = metrics["run"]["best_checkpoint"]
-    proc = run_script("eval.py", f"ckpt_path={ckpt}", "bootstrap=0", f"paths.log_dir={tmp_path / 'outputs'}")
+    proc = run_script("eval.py", f"ckpt_path={ckpt}", "bootstrap=0", f"paths.log_dir={logs}")
     assert proc.returncode == 0, proc.stderr[-3000:]
-    report = next((tmp_path / "outputs" / "eval" / "runs").iterdir())
+    report = next((logs / "eval" / "runs").iterdir())
     predictions = split_rows(report / "predictions.csv")
     assert [(r["path"], r["label"]) for r in predictions] == [
         (r["path"], r["label"]) for r in split_rows(run / "split.csv") if r["split"] == "test"]
