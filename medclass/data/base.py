@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import logging
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -29,6 +30,7 @@ from medclass.utils.errors import MedclassError
 from medclass.utils.io import write_csv
 
 SPLITS = ("train", "val", "test")
+SYMMETRIES = ("invariant", "mirror", "sided")  # flip defaults and TTA (docs/configuration.md "Augmentation")
 log = logging.getLogger("medclass")
 
 
@@ -131,6 +133,21 @@ def init_worker(worker_id: int, rank: int = 0) -> None:
         transform.set_random_seed(torch.initial_seed() % 2**32)
 
 
+def report_skipped(skipped: list[tuple[Any, str]], report: Path) -> None:
+    """One warning line with counts by reason, and every path with its reason in the CSV `report`."""
+    if not skipped:
+        return
+    write_csv(report, ((str(p), why) for p, why in skipped), ("path", "reason"))
+    reasons = Counter(r.split(" (")[0].split(" of ")[0] for _, r in skipped)
+    log.warning("skipped %d files (%s); list: %s", len(skipped),
+                ", ".join(f"{n} {k}" for k, n in sorted(reasons.items())), report)
+
+
+def label_text(label: Any, names: list[str], multi_label: bool) -> str:
+    """A label as split.csv writes it: the class name, or for multi-label data the names joined with `;`."""
+    return ";".join(n for n, v in zip(names, label, strict=True) if v) if multi_label else names[int(label)]
+
+
 def report_duplicates(duplicates: dict[str, int]) -> None:
     found = {k: n for k, n in duplicates.items() if n}
     if found:
@@ -209,9 +226,8 @@ class ClassificationDataModule(L.LightningDataModule):
         rows = []
         for split in SPLITS:
             for item, y in zip(self.split_items(split), self._labels[split], strict=True):
-                label = (";".join(n for n, v in zip(names, y, strict=True) if v) if info.task == "multi-label"
-                         else names[int(y)])
-                rows.append({"path": item, "label": label, "split": split, **self.item_columns(item)})
+                rows.append({"path": item, "label": label_text(y, names, info.task == "multi-label"), "split": split,
+                             **self.item_columns(item)})
         write_csv(path, rows)
 
     # -- shared machinery ---------------------------------------------------------------------
@@ -242,19 +258,7 @@ class ClassificationDataModule(L.LightningDataModule):
                              np.bincount(train_labels, minlength=info.num_classes).tolist())
         info.train_size = len(train_labels)
         mean, std = cache.mean_std(index["train"]) if self.mean is None else (list(self.mean), list(self.std))
-        if chans == 1 and len(mean) == 3 == len(std):  # RGB statistics (a pretrained backbone's) for grey input
-            mean, std = [round(sum(mean) / 3, 4)], [round(sum(std) / 3, 4)]
-        if len(mean) != chans or len(std) != chans:
-            raise MedclassError(f"data.mean/data.std need {chans} values each, got {mean} and {std}")
-        info.in_chans, info.mean, info.std = chans, list(mean), list(std)
-        info.image_size = self.image_size or info.image_size
-        size = self.image_size if self.image_size and self.image_size != cache.images.shape[1] else None
-        plain = eval_transform(size, info.mean, info.std)
-        train_tf = (
-            self.augment(image_size=size, mean=info.mean, std=info.std, symmetry=info.symmetry, seed=self.seed)
-            if self.augment  # None, or an empty config from augment=none
-            else plain
-        )
+        plain, train_tf = self.transforms(info, mean, std, chans, cache.images.shape[1])
         images = cache.images
         for split in SPLITS:
             self.datasets[split] = ArrayDataset(images, labels[split], train_tf if split == "train" else plain,
@@ -264,6 +268,26 @@ class ClassificationDataModule(L.LightningDataModule):
             self.batch_augment = train_tf
             self.datasets["train"] = BatchDataset(images, labels["train"], index["train"])
         self._info = info
+
+    def transforms(self, info: DataInfo, mean: list[float], std: list[float], chans: int,
+                   stored_size: int) -> tuple[Callable[..., Any], Callable[..., Any]]:
+        """(evaluation, training) transforms; fills in `info`'s channels, normalization and size.
+
+        `stored_size` is the side of the images as read; `data.image_size` other than it resizes on the fly."""
+        if chans == 1 and len(mean) == 3 == len(std):  # RGB statistics (a pretrained backbone's) for grey input
+            mean, std = [round(sum(mean) / 3, 4)], [round(sum(std) / 3, 4)]
+        if len(mean) != chans or len(std) != chans:
+            raise MedclassError(f"data.mean/data.std need {chans} values each, got {mean} and {std}")
+        info.in_chans, info.mean, info.std = chans, list(mean), list(std)
+        info.image_size = self.image_size or stored_size
+        size = self.image_size if self.image_size and self.image_size != stored_size else None
+        plain = eval_transform(size, info.mean, info.std)
+        train_tf = (
+            self.augment(image_size=size, mean=info.mean, std=info.std, symmetry=info.symmetry, seed=self.seed)
+            if self.augment  # None, or an empty config from augment=none
+            else plain
+        )
+        return plain, train_tf
 
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         """Fast path: the batch's uint8 images, gathered from the map, are augmented and normalized on the device."""

@@ -176,8 +176,9 @@ def npz_member(archive: zipfile.ZipFile, key: str, where: Path) -> tuple[IO[byte
             shape, fortran, dtype = np.lib.format.read_array_header_1_0(stream)
         else:
             shape, fortran, dtype = np.lib.format.read_array_header_2_0(stream)
-    except KeyError:
-        raise
+    except KeyError as err:
+        raise MedclassError(f"{where} lacks {key}; MedMNIST files hold train_, val_ and test_ images and "
+                            "labels") from err
     except Exception as err:
         raise MedclassError(f"{where}: {key} is not a readable array ({err}); delete the file to download "
                             "again") from err

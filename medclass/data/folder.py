@@ -18,7 +18,6 @@ import hashlib
 import json
 import logging
 import re
-from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -26,14 +25,13 @@ from typing import Any
 import numpy as np
 from rich.progress import track
 
-from medclass.data.base import SPLITS, ClassificationDataModule, DataInfo
+from medclass.data.base import SPLITS, ClassificationDataModule, DataInfo, report_skipped
 from medclass.data.cache import ImageCache, open_cache, temporary_stem, write_cache
 from medclass.data.decode import decode_resized
 from medclass.data.scan import Scan, scan_folder
 from medclass.data.splits import Row, assign_splits, groups_across_splits, read_rows, write_rows
 from medclass.utils.errors import MedclassError
 from medclass.utils.extras import MissingExtra
-from medclass.utils.io import write_csv
 from medclass.utils.limits import time_limit
 
 log = logging.getLogger("medclass")
@@ -238,15 +236,7 @@ class FolderDataModule(ClassificationDataModule):
             log.info("%d groups, none in two splits", len(set(groups)))
 
     def _report_skipped(self) -> None:
-        """One warning line with counts by reason, and every path with its reason in a CSV."""
-        skipped = self.skipped
-        if not skipped:
-            return
-        report = self.split_dir / f"{self.name}_skipped.csv"
-        write_csv(report, ((str(p), why) for p, why in skipped), ("path", "reason"))
-        reasons = Counter(r.split(" (")[0].split(" of ")[0] for _, r in skipped)
-        log.warning("skipped %d files (%s); list: %s", len(skipped),
-                    ", ".join(f"{n} {k}" for k, n in sorted(reasons.items())), report)
+        report_skipped(self.skipped, self.split_dir / f"{self.name}_skipped.csv")
 
     # -- what the base class needs ------------------------------------------------------------
     def class_names(self) -> list[str]:

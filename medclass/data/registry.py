@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from medclass.data.base import ClassificationDataModule
+from medclass.data.base import SYMMETRIES, ClassificationDataModule
 from medclass.data.folder import FolderDataModule
 from medclass.data.manifest import ManifestDataModule
 from medclass.data.medmnist import MedMNISTDataModule
@@ -25,7 +25,6 @@ from medclass.utils import schema as s
 
 # decided by the machine that runs, never by a file: dropped from every description
 MACHINE_KEYS = ("split_dir", "cache_dir", "augment")
-SYMMETRIES = ("invariant", "mirror", "sided")
 # a quantified group that is itself quantified, e.g. (a+)+ or (\w*)*: exponential backtracking on a path
 NESTED_QUANTIFIER = re.compile(r"\((?:[^()\\]|\\.)*[+*}?](?:[^()\\]|\\.)*\)[+*{?]")
 # (a time limit on the matching itself, medclass.utils.limits, catches what this pattern misses)

@@ -25,8 +25,18 @@ from typing import Any
 
 import numpy as np
 
-from medclass.augment import BatchAugment, eval_transform
-from medclass.data.base import SPLITS, ClassificationDataModule, DataInfo, encode_labels, init_worker
+from medclass.augment import BatchAugment
+from medclass.data.base import (
+    SPLITS,
+    SYMMETRIES,
+    ClassificationDataModule,
+    DataInfo,
+    encode_labels,
+    init_worker,
+    label_text,
+    report_duplicates,
+    report_skipped,
+)
 from medclass.data.cache import image_digests, image_sums, mean_std
 from medclass.data.decode import DICOM_SUFFIXES, decode_resized
 from medclass.data.folder import FolderDataModule
@@ -34,7 +44,7 @@ from medclass.data.leakage import split_copies
 from medclass.utils import schema as s
 from medclass.utils.errors import MedclassError
 from medclass.utils.extras import require
-from medclass.utils.io import write_csv, write_text
+from medclass.utils.io import write_text
 
 log = logging.getLogger("medclass")
 
@@ -42,7 +52,6 @@ META = "medclass.json"
 FORMAT, VERSION = "medclass-stream", 1
 URL_PREFIXES = ("s3://", "gs://", "azure://", "r2://", "local:")  # LitData's object stores; local: a folder as one
 TASKS = ("binary-class", "multi-class", "multi-label")  # what a folder or manifest can be
-SYMMETRIES = ("invariant", "mirror", "sided")  # data.registry.SYMMETRIES, which imports this module
 MAX_META_BYTES = 256 * 2**20  # the split table: about 3 million rows
 MAX_ROWS = 10**8
 BASE_COLUMNS = ("index", "path", "label", "split")
@@ -121,11 +130,7 @@ def prepare(data: FolderDataModule, out: str | Path, workers: int = 2, chunk_byt
         if not written:
             raise MedclassError(f"no image of the {split} split of {data.root} could be read (list: "
                                 f"{out / 'skipped.csv'}); check the files")
-    if skipped:
-        write_csv(out / "skipped.csv", skipped, ("path", "reason"))
-        reasons = Counter(why.split(" (")[0].split(" of ")[0] for _, why in skipped)
-        log.warning("skipped %d files (%s); list: %s", len(skipped),
-                    ", ".join(f"{n} {k}" for k, n in sorted(reasons.items())), out / "skipped.csv")
+    report_skipped(skipped, out / "skipped.csv")
     image_mean, image_std = mean_std(np.concatenate(sums), size * size)
     train = order["train"]
     if multi:
@@ -134,14 +139,11 @@ def prepare(data: FolderDataModule, out: str | Path, workers: int = 2, chunk_byt
         class_counts = np.bincount([labels[i] for i in train], minlength=len(info.class_names)).tolist()
     extra = list(dict.fromkeys(k for row in rows for k in data.item_columns(row[0])))
     columns = [*BASE_COLUMNS, *extra]
-    table = [[i, rows[i][0], _label_text(labels[i], info.class_names, multi), split,
+    table = [[i, rows[i][0], label_text(labels[i], info.class_names, multi), split,
               *(data.item_columns(rows[i][0]).get(k, "") for k in extra)]
              for split in SPLITS for i in order[split]]
     duplicates = split_copies(digests)
-    found = {k: n for k, n in duplicates.items() if n}
-    if found:
-        log.warning("exact copies across splits (pixel hash; reported, not removed): %s",
-                    ", ".join(f"{n} {k.replace('_', ' ')}" for k, n in found.items()))
+    report_duplicates(duplicates)
     meta = {
         "format": FORMAT, "version": VERSION, "name": data.name,
         "info": {"task": info.task, "class_names": list(info.class_names), "in_chans": chans, "image_size": size,
@@ -174,11 +176,6 @@ def _why_unreadable(path: str, size: int, chans: int) -> str:
     except Exception as err:
         return f"{type(err).__name__}: {err}"
     return "not written by its worker"
-
-
-def _label_text(label: Any, names: list[str], multi: bool) -> str:
-    """A label as split.csv writes it: the class name, or for multi-label data the names joined with `;`."""
-    return ";".join(n for n, v in zip(names, label, strict=True) if v) if multi else names[label]
 
 
 # -- the metadata file, read as data --------------------------------------------------------------------------
@@ -373,16 +370,7 @@ class StreamDataModule(ClassificationDataModule):
         mean, std = (info.mean, info.std) if self.mean is None else (list(self.mean), list(self.std or []))
         if stored_chans != chans and self.mean is None:  # statistics of the converted images: grey <-> colour
             mean, std = ([round(sum(mean) / len(mean), 4)] * chans, [round(sum(std) / len(std), 4)] * chans)
-        if chans == 1 and len(mean) == 3 == len(std):  # RGB statistics (a pretrained backbone's) for grey input
-            mean, std = [round(sum(mean) / 3, 4)], [round(sum(std) / 3, 4)]
-        if len(mean) != chans or len(std) != chans:
-            raise MedclassError(f"data.mean/data.std need {chans} values each, got {mean} and {std}")
-        info.in_chans, info.mean, info.std = chans, list(mean), list(std)
-        info.image_size = self.image_size or stored_size
-        size = self.image_size if self.image_size and self.image_size != stored_size else None
-        plain = eval_transform(size, info.mean, info.std)
-        train_tf = (self.augment(image_size=size, mean=info.mean, std=info.std, symmetry=info.symmetry, seed=self.seed)
-                    if self.augment else plain)
+        plain, train_tf = self.transforms(info, mean, std, chans, stored_size)
         if isinstance(train_tf, BatchAugment):
             raise MedclassError("augment=batch gathers training images from memory on the device; with data=stream "
                                 "use augment=default (or another per-image pipeline)")
@@ -401,10 +389,7 @@ class StreamDataModule(ClassificationDataModule):
                     self._columns[row[1]] = extra
         self.duplicates = dict(self.meta["duplicates"])
         self.groups_across_splits = dict(self.meta["groups_across_splits"])
-        found = {k: n for k, n in self.duplicates.items() if n}
-        if found:
-            log.warning("exact copies across splits (pixel hash, counted by medclass-prepare): %s",
-                        ", ".join(f"{n} {k.replace('_', ' ')}" for k, n in found.items()))
+        report_duplicates(self.duplicates)  # counted by medclass-prepare
 
         def stream(split: str, transform: Any, shuffle: bool) -> Any:
             return lit.ImageStream(f"{self.input_dir}/{split}", lit.ToSample(transform, chans, multi), shuffle=shuffle,
