@@ -77,10 +77,13 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from medclass.data.base import ClassificationDataModule
 from medclass.module import Classifier
+from medclass.tasks.build import auto_precision
 from medclass.utils.hardware import cpu_bf16_flags, cpu_capability, cpu_name, has_fast_bf16, torch_bf16_flags
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 BF16 = "trainer.precision=bf16-mixed"
+FP32 = "trainer.precision=32-true"  # the default is `auto`, which is bf16 on CPUs with bf16 units
+COMPILE = "module.compile=true"
 
 
 class Variant(NamedTuple):
@@ -92,19 +95,27 @@ class Variant(NamedTuple):
 
 
 VARIANTS: list[Variant] = [
-    Variant("a", "(a) plain PyTorch loop, no augmentation", "plain", ()),
-    Variant("b", "(b) medclass, augment=default (Albumentations, workers)", "fit", ("augment=default",)),
-    Variant("c", "(c) medclass, augment=batch (fast path)", "fit", ("augment=batch",)),
+    Variant("a", "(a) plain PyTorch loop, no augmentation", "plain", (FP32,)),
+    Variant("b", "(b) medclass, augment=default (Albumentations, workers)", "fit", ("augment=default", FP32)),
+    Variant("c", "(c) medclass, augment=batch (fast path)", "fit", ("augment=batch", FP32)),
     Variant("a_bf16", "(a) plain loop, bf16 autocast", "plain", (BF16,)),
     Variant("b_bf16", "(b) default path, bf16-mixed", "fit", ("augment=default", BF16)),
     Variant("c_bf16", "(c) fast path, bf16-mixed", "fit", ("augment=batch", BF16)),
     # the speed preset, once conf/experiment/bloodmnist_speed.yaml exists:
     # Variant("speed", "medclass, experiment=bloodmnist_speed", "fit", ("experiment=bloodmnist_speed",)),
-    Variant("b_load", "(b) data loading only", "loader", ("augment=default",)),
-    Variant("c_load", "(c) data loading only (+ batch transfer hook)", "loader", ("augment=batch",)),
+    Variant("b_load", "(b) data loading only", "loader", ("augment=default", FP32)),
+    Variant("c_load", "(c) data loading only (+ batch transfer hook)", "loader", ("augment=batch", FP32)),
+    # torch.compile (inductor, C++ on the CPU): steady-state speed; the compile itself is not timed
+    Variant("c_compile", "(c) fast path, torch.compile", "fit", ("augment=batch", FP32, COMPILE), False),
+    Variant("c_compile_bf16", "(c) fast path, torch.compile, bf16-mixed", "fit", ("augment=batch", BF16, COMPILE),
+            False),
     # memory format: module.channels_last is true by default; these show what it buys (not run by default)
     Variant("a_nchw", "(a) plain loop, NCHW (module.channels_last=false)", "plain",
-            ("module.channels_last=false",), False),
+            ("module.channels_last=false", FP32), False),
+    Variant("c_nchw", "(c) fast path, NCHW (module.channels_last=false)", "fit",
+            ("augment=batch", "module.channels_last=false", FP32), False),
+    Variant("c_nchw_bf16", "(c) fast path, NCHW, bf16-mixed", "fit",
+            ("augment=batch", "module.channels_last=false", BF16), False),
     Variant("a_nchw_bf16", "(a) plain loop, NCHW, bf16 autocast", "plain", ("module.channels_last=false", BF16),
             False),
 ]
@@ -139,6 +150,8 @@ def compose_config(variant: Variant, args: argparse.Namespace, output_dir: Path)
         cfg = compose(config_name="train", overrides=overrides)
     with open_dict(cfg):
         cfg.paths.output_dir = cfg.paths.log_dir = str(output_dir)
+        if str(cfg.trainer.precision) == "auto":  # what train.py's build_trainer would choose here
+            cfg.trainer.precision = auto_precision("cpu")[0]
     return cfg
 
 

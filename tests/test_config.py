@@ -15,7 +15,7 @@ from lightning.pytorch.accelerators import CPUAccelerator
 from lightning.pytorch.strategies import DDPStrategy
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from medclass.tasks.build import build_trainer
+from medclass.tasks.build import auto_precision, build_trainer
 from medclass.tasks.train import train
 
 from .conftest import CONF, FAST, clean_tree, compose_train, write_npz
@@ -141,10 +141,10 @@ def assert_optimizer_that_ran(run: Path, option: str) -> None:
 @pytest.mark.parametrize("option", ["default", "cpu", "ddp"])
 def test_cpu_trainers_instantiate(option: str, tmp_path: Path) -> None:
     """The Trainer medclass builds on a CPU machine: DDP gets two processes and no SyncBatchNorm (torch refuses it
-    on CPU), the others one 32-bit CPU process."""
+    on CPU), the others one CPU process; all in the precision `auto` picks for this CPU."""
     cfg = compose_train([f"trainer={option}", "trainer.accelerator=cpu"], tmp_path)
     trainer = build_trainer(cfg, logger=False)
-    assert isinstance(trainer.accelerator, CPUAccelerator) and trainer.precision == "32-true"
+    assert isinstance(trainer.accelerator, CPUAccelerator) and trainer.precision == auto_precision("cpu")[0]
     if option == "ddp":
         assert isinstance(trainer.strategy, DDPStrategy) and trainer.num_devices == 2
         assert cfg.trainer.sync_batchnorm and trainer.strategy._layer_sync is None  # no SyncBatchNorm conversion

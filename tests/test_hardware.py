@@ -108,3 +108,32 @@ def test_other_devices_are_not_assumed_fast(monkeypatch: pytest.MonkeyPatch) -> 
     assert has_fast_bf16("cuda:0") is False
     assert has_fast_bf16("mps") is False
     assert has_fast_bf16("meta") is False
+
+
+@pytest.mark.parametrize(("cpuinfo", "expected"), [(SAPPHIRE_RAPIDS, "bf16-mixed"), (CASCADE_LAKE, "32-true")])
+def test_auto_precision_follows_the_cpu_flags(cpuinfo: str, expected: str) -> None:
+    """`trainer.precision=auto`: bf16 autocast only where the CPU multiplies bf16 natively; AVX-512 alone stays fp32."""
+    from medclass.tasks.build import auto_precision
+
+    assert auto_precision("cpu", cpuinfo)[0] == expected
+    assert auto_precision("mps", cpuinfo)[0] == "32-true"  # an accelerator nothing is known about keeps fp32
+
+
+def test_train_resolves_auto_once_and_eval_scores_in_fp32(tmp_path, caplog) -> None:
+    """The composed defaults: train.py's `auto` becomes this machine's choice in a real Trainer, with one log line
+    naming the override; eval.py scores in 32-true everywhere, so a report does not depend on the CPU."""
+    import logging
+
+    from medclass.tasks.build import auto_precision, build_trainer
+
+    from .conftest import compose_train
+
+    cfg = compose_train(["trainer.accelerator=cpu"], tmp_path)
+    assert cfg.trainer.precision == "auto"
+    with caplog.at_level(logging.INFO, logger="medclass"):
+        trainer = build_trainer(cfg, logger=False)
+    assert trainer.precision == auto_precision("cpu")[0]
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("precision ")]
+    assert len(lines) == 1 and "trainer.precision=32-true" in lines[0], lines
+    scoring = compose_train(["ckpt_path=x.ckpt", "trainer.accelerator=cpu"], tmp_path, config_name="eval")
+    assert build_trainer(scoring, logger=False).precision == "32-true"
