@@ -109,10 +109,12 @@ def test_paper_clock_leaves_training_unchanged(tmp_path: Path) -> None:
 
 
 def test_seconds_to_paper_is_the_first_passing_epoch(tmp_path: Path) -> None:
-    from benchmarks.medmnist_table import seconds_to_paper
+    from benchmarks.medmnist_table import clock_overhead, seconds_to_paper
 
     lines = [{"epoch": 1, "test_acc": 0.90, "target": 0.95, "seconds": 10.0},
              {"epoch": 2, "test_acc": 0.96, "target": 0.95, "seconds": 21.5},
              {"epoch": 3, "test_acc": 0.97, "target": 0.95, "seconds": 33.0}]
     (tmp_path / "paper_clock.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
     assert seconds_to_paper(tmp_path) == 21.5
+    (tmp_path / "paper_clock.jsonl").write_text(json.dumps({**lines[0], "overhead": 4.0}) + "\n")
+    assert clock_overhead(tmp_path) == 4.0
