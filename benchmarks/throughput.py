@@ -101,8 +101,8 @@ VARIANTS: list[Variant] = [
     Variant("a_bf16", "(a) plain loop, bf16 autocast", "plain", (BF16,)),
     Variant("b_bf16", "(b) default path, bf16-mixed", "fit", ("augment=default", BF16)),
     Variant("c_bf16", "(c) fast path, bf16-mixed", "fit", ("augment=batch", BF16)),
-    # the speed preset, once conf/experiment/bloodmnist_speed.yaml exists:
-    # Variant("speed", "medclass, experiment=bloodmnist_speed", "fit", ("experiment=bloodmnist_speed",)),
+    Variant("speed", "speed preset, experiment=bloodmnist_speed (trainer.precision=auto)", "fit",
+            ("experiment=bloodmnist_speed",)),
     Variant("b_load", "(b) data loading only", "loader", ("augment=default", FP32)),
     Variant("c_load", "(c) data loading only (+ batch transfer hook)", "loader", ("augment=batch", FP32)),
     # torch.compile (inductor, C++ on the CPU): steady-state speed; the compile itself is not timed

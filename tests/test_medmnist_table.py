@@ -25,28 +25,48 @@ def test_paper_protocol_preset(tmp_path: Path) -> None:
     assert (cfg.callbacks.model_checkpoint.monitor, cfg.callbacks.model_checkpoint.mode) == ("val/auc", "max")
 
 
-@pytest.mark.slow  # four trainings and four evals in subprocesses: about 70 s
-def test_table_from_two_protocols(tmp_path: Path) -> None:
+@pytest.mark.parametrize("name", ["bloodmnist", "organamnist", "pneumoniamnist", "breastmnist"])
+def test_speed_presets_compose_for_every_table_set(name: str, tmp_path: Path) -> None:
+    """`experiment=<set>_speed` exists for each set the table has goals for, trains that set, picks its precision
+    from the hardware, and keeps its recipe's test-time views; the table's `speed` protocol runs exactly it."""
+    from benchmarks.medmnist_table import FRONTIER, protocol_overrides
+
+    assert name in FRONTIER
+    assert protocol_overrides(name, "speed", 100) == [f"experiment={name}_speed"]
+    cfg = compose_train([f"experiment={name}_speed"], tmp_path)
+    recipe = compose_train([f"experiment={name}"], tmp_path)
+    assert cfg.data.name == name and cfg.trainer.precision == "auto"
+    assert cfg.module.tta == recipe.module.tta and cfg.augment._target_ == "medclass.augment.batch_train_transform"
+    assert cfg.trainer.max_epochs <= recipe.trainer.max_epochs
+
+
+@pytest.mark.slow  # six trainings and six evals in subprocesses: about 2 minutes
+def test_table_from_three_protocols(tmp_path: Path) -> None:
     data = write_npz(tmp_path / "medmnist", "breastmnist", n=(48, 24, 24)).parent
     out, runs = tmp_path / "table.md", tmp_path / "runs"
-    cmd = [sys.executable, "benchmarks/medmnist_table.py", "--data-root", str(data), "--protocols", "recipe", "paper",
-           "--paper-epochs", "2", "--seeds", "1", "--runs", str(runs), "--out", str(out),
+    cmd = [sys.executable, "benchmarks/medmnist_table.py", "--data-root", str(data), "--protocols", "recipe", "speed",
+           "paper", "--paper-epochs", "2", "--seeds", "1", "--runs", str(runs), "--out", str(out),
            "--train-args", "debug=fast", "logger=none", "data.batch_size=16"]
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=400)
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     text = out.read_text()
-    assert "| ResNet-18 (28) (paper) | paper | 0.863 | 0.901 | +0.000 | +0.000 |" in text
+    assert "| ResNet-18 (28) (paper) | paper | 0.863 | 0.901 | +0.000 | +0.000 | |" in text
     rows = [line for line in text.splitlines() if line.startswith("| **")]
-    assert [r.split(" | ")[0] for r in rows] == ["| **medclass recipe**", "| **paper protocol, 2 epochs**"]
-    for protocol in ("recipe", "paper"):
+    assert [r.split(" | ")[0] for r in rows] == ["| **medclass recipe (10 minutes)**", "| **medclass speed preset**",
+                                                 "| **paper protocol, 2 epochs**"]
+    for protocol, row in zip(("recipe", "speed", "paper"), rows, strict=True):
         (run,) = (runs / "breastmnist" / protocol).glob("*/metrics.json")
         official = json.loads((run.parent / "test_report" / "report.json").read_text())["medmnist_official"]
-        assert f"{official['acc']:.4f} ± 0.0000" in next(r for r in rows if ("recipe" in r) == (protocol == "recipe"))
-    verdicts = [line for line in text.splitlines() if line.startswith("- ")]
-    assert len(verdicts) == 2 and all("ResNet-18 (28)" in v and "10 minutes" in v for v in verdicts), verdicts
+        assert f"{official['acc']:.4f} ± 0.0000" in row
+        clock = [json.loads(line) for line in (run.parent / "paper_clock.jsonl").read_text().splitlines()]
+        passed = next((r for r in clock if r["test_acc"] >= 0.863), None)
+        assert row.rstrip(" |").endswith(f"{passed['seconds']:.0f} s" if passed else "not reached (0 of 1)"), row
+    notes = [line for line in text.splitlines() if line.startswith("- ")]
+    assert any("60 s goal" in n for n in notes) and any("600 s goal" in n for n in notes)
+    assert any(n.startswith("- frontier goal") and "0.880" in n and "0.919" in n for n in notes), notes
     # finished sweeps are reused, not rerun
     again = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=200)
-    assert again.returncode == 0 and again.stdout.count("reusing") == 2, again.stdout[-2000:]
+    assert again.returncode == 0 and again.stdout.count("reusing") == 3, again.stdout[-2000:]
 
 
 class FinalWeights(L.Callback):
