@@ -109,7 +109,7 @@ def test_a_documented_command_runs_as_typed(where: str, text: str, home: Path, m
             parser().parse_args(argv)
             continue
         config = COMMANDS.get(command) or SCRIPTS[command]
-        argv = cli.expand_home(argv)
+        argv = cli.as_meant(argv)
         try:
             cli.check_command_line(argv)
         except SystemExit:

@@ -102,7 +102,7 @@ def test_report_folder_files_exist_and_parse(report: Path) -> None:
         rows = list(csv.DictReader(f))
     assert [r["class"] for r in rows][0] == "basophil" and sum(int(r["support"]) for r in rows) == 48
     figures = {Path(f).stem for f in data["figures"]}
-    assert figures == {"confusion", "roc", "reliability", "training_curves"}
+    assert figures == {"confusion", "roc", "reliability", "training_curves", "risk_coverage"}
     for name in figures:
         with Image.open(report / "figures" / f"{name}.png") as im:
             assert im.size[0] > 200 and im.size[1] > 150

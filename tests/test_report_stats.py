@@ -108,7 +108,8 @@ def test_eval_saves_temperature_and_thresholds_that_predict_and_export_apply(tmp
     from .test_eval_on_validation import fit_temperature_by_hand, softmax_by_hand
 
     root = write_npz(tmp_path / "medmnist", "breastmnist", n=(64, 40, 40)).parent
-    metrics = train(compose_train([f"data.root={root}", "data.name=breastmnist", *FAST], tmp_path / "run"))
+    metrics = train(compose_train([f"data.root={root}", "data.name=breastmnist", *FAST,
+                                   "trainer.precision=32-true"], tmp_path / "run"))  # a model sized on fp32
     ckpt = metrics["run"]["best_checkpoint"]
     evaluate(compose_train([f"ckpt_path={ckpt}", "bootstrap=50"], tmp_path / "eval", config_name="eval"))
     saved = operating_file.load(ckpt)

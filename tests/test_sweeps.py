@@ -172,7 +172,9 @@ def test_ema_weights_are_validated_saved_tested_and_evaluated_alike(tmp_path: Pa
     from medclass.tasks.train import train
 
     metrics = train(compose_train([*FAST, f"data.root={tiny_root(tmp_path)}", "logger=none", "trainer.max_epochs=2",
-                                   "callbacks.ema={_target_:medclass.callbacks.EMA,decay:0.5}"], tmp_path / "run"))
+                                   "callbacks.ema={_target_:medclass.callbacks.EMA,decay:0.5}",
+                                   "trainer.precision=32-true"],  # eval.py scores in fp32: compare like with like
+                                  tmp_path / "run"))
     best = metrics["run"]["best_checkpoint"]
     ckpt = torch.load(best, map_location="cpu", weights_only=True)
     raw, averaged = ckpt["current_model_state"], ckpt["state_dict"]

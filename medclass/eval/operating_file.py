@@ -1,7 +1,10 @@
 """What eval.py fitted on validation, saved beside the checkpoint for predict.py and export.py.
 
-`<checkpoint>.operating.json` holds the temperature (calibrated confidences) and, for binary tasks,
-the thresholds chosen on validation (Youden's J, a target sensitivity). It is read as data: the
+`<checkpoint>.operating.json` holds the temperature (calibrated confidences), for binary tasks the
+thresholds chosen on validation (Youden's J, a target sensitivity), and, when eval.py was given
+`abstain.accuracy` or `abstain.coverage`, the confidence below which predict.py refers an image to a
+human (`abstain`: the threshold on the uncalibrated confidence, its target and what it kept on
+validation). It is read as data: the
 temperature must be a finite number in [0.01, 100] and each threshold a finite number in [0, 1] under a
 plain name, or the command stops with one line (a NaN threshold would otherwise call every image
 positive). It is written through `medclass.utils.io`, so a link planted at its name is replaced, not
@@ -25,6 +28,10 @@ VALUES = s.record({
     "thresholds": s.optional(s.mapping(s.text(64, r"[A-Za-z0-9_.]+", "a threshold name such as youden"),
                                        s.number(0, 1), 64)),
     "checkpoint": s.text(1024), "fitted_on": s.choice("val"), "split_key": s.text(200),
+    "abstain": s.optional(s.record({"threshold": s.number(0, 1), "target": s.choice("accuracy", "coverage"),
+                                    "value": s.number(0, 1), "val_coverage": s.number(0, 1),
+                                    "val_accuracy": s.optional(s.number(0, 1)), "reached": s.boolean},
+                                   required=("threshold", "target", "value"))),
 })
 
 
@@ -34,9 +41,11 @@ def path_for(checkpoint: str | Path) -> Path:
 
 
 def check(payload: Any, source: str) -> dict[str, Any]:
-    """`{"temperature": T or None, "thresholds": {...}}` from a payload read from a file; one error line else."""
+    """`{"temperature": T or None, "thresholds": {...}, "abstain": {...} or None}` from a payload read from a file;
+    one error line else."""
     data = s.read_as_data(VALUES, payload, source, "delete it or run eval.py again")
-    return {"temperature": data.get("temperature"), "thresholds": dict(data.get("thresholds") or {})}
+    return {"temperature": data.get("temperature"), "thresholds": dict(data.get("thresholds") or {}),
+            "abstain": dict(data["abstain"]) if data.get("abstain") else None}
 
 
 def check_existing(checkpoint: str | Path) -> None:
@@ -48,11 +57,12 @@ def check_existing(checkpoint: str | Path) -> None:
         raise s.Invalid(f"{err}; eval.py does not overwrite a file it cannot read as its own") from None
 
 
-def save(checkpoint: str | Path, temperature: float | None, thresholds: dict[str, float], split_key: str) -> None:
+def save(checkpoint: str | Path, temperature: float | None, thresholds: dict[str, float], split_key: str,
+         abstain: dict[str, Any] | None = None) -> None:
     """Write the file (replacing an earlier evaluation's: the same checkpoint and validation split give the same
     numbers); a read-only checkpoint folder is reported, not fatal."""
     payload = {"checkpoint": Path(checkpoint).name, "fitted_on": "val", "split_key": split_key,
-               "temperature": temperature, "thresholds": thresholds}
+               "temperature": temperature, "thresholds": thresholds, "abstain": abstain}
     check(payload, "the fitted values")  # never write what load() would refuse
     path = path_for(checkpoint)
     try:

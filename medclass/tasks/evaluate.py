@@ -12,6 +12,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from medclass.data import ClassificationDataModule
 from medclass.data import registry as data_registry
+from medclass.eval import sections
 from medclass.module import Classifier
 from medclass.module.classifier import to_plain as plain
 from medclass.tasks.build import build_trainer, scalars
@@ -87,22 +88,45 @@ def make_report(cfg: DictConfig, module: Classifier, datamodule: ClassificationD
     calibrate = cfg.get("calibrate", True)
     binary = module.hparams.data_info["task"] == "binary-class"  # operating points are chosen on val
     # fitting a temperature or a threshold on the split it scores would flatter it: never on val itself
-    needs_val = cfg.split != "val" and (calibrate or binary)
+    abstain = sections.abstain_targets(cfg)
+    needs_val = cfg.split != "val" and (calibrate or binary or any(t is not None for t in abstain))
     val = collect(module, datamodule.split_dataloader("val"), "val") if needs_val else None
     ckpt = Path(cfg.ckpt_path)
+    info = module.hparams.data_info
+    run_dir = ckpt.parent.parent if ckpt.parent.name == "checkpoints" else None
     report = write_report(
         out, split=cfg.split, probs=probs, labels=labels, data_info=module.hparams.data_info, checkpoint=str(ckpt),
         medmnist=module.hparams.data_cfg["kind"] == "medmnist", val=val,
         n_bins=cfg.get("ece_bins", 15), calibrate=calibrate,
-        run_dir=ckpt.parent.parent if ckpt.parent.name == "checkpoints" else None,
-        bootstrap=cfg.get("bootstrap", 1000), bootstrap_seed=cfg.get("bootstrap_seed", 0),
+        run_dir=run_dir, bootstrap=cfg.get("bootstrap", 1000), bootstrap_seed=cfg.get("bootstrap_seed", 0),
         target_sensitivity=OmegaConf.select(cfg, "operating_point.sensitivity", default=0.95))
-    write_predictions(out / "predictions.csv", datamodule.split_items(cfg.split), datamodule.item_columns, probs,
-                      labels, module.hparams.data_info)
+    items = datamodule.split_items(cfg.split)
+    write_predictions(out / "predictions.csv", items, datamodule.item_columns, probs, labels, info)
+    parts: list[sections.Section] = []
+    if cfg.get("subgroups"):
+        entry, text, figures = sections.subgroup_section(cfg, report, info, probs, labels,
+                                                         [datamodule.item_columns(i) for i in items])
+        parts.append(("subgroups", entry, text, figures))
+    abstain_record = None
+    if info["task"] != "multi-label":
+        entry, text, figures, abstain_record = sections.selective_section(cfg, info["task"], probs, labels, val)
+        parts.append(("selective", entry, text, figures))
+    if OmegaConf.select(cfg, "external.root"):
+        entry, text = sections.external_section(cfg, module, device, (probs, labels) if cfg.split == "test" else None,
+                                                out)
+        parts.append(("external", entry, text, {}))
+    sections.add_sections(out, report, info, parts)
     if val is not None:  # fitted on validation: what predict.py and export.py apply to new images
         from medclass.eval import operating_file
 
         thresholds = {name: p["threshold"] for name, p in report.get("operating_points", {}).items()
                       if p["chosen_on"] == "val"}
-        operating_file.save(ckpt, report["calibration"].get("temperature"), thresholds,
-                            module.hparams.data_info.get("split_key", ""))
+        operating_file.save(ckpt, report["calibration"].get("temperature"), thresholds, info.get("split_key", ""),
+                            abstain_record)
+    if cfg.get("model_card", True):
+        from medclass.eval.model_card import write_model_card
+
+        card = write_model_card(out, ckpt, dict(module.hparams), report, run_dir,
+                                {key: {"markdown": text} for key, _, text, _ in parts},
+                                parameters=sum(p.numel() for p in module.parameters()), eval_dir=out)
+        log.info("model card: %s", card)

@@ -96,7 +96,7 @@ def export_safetensors(module: Classifier, path: str | Path, operating: dict[str
 
 def read_meta(text: str, source: str) -> dict[str, Any]:
     """The metadata an ONNX file carries, read as data: preprocessing through the checkpoint's data_info schema,
-    temperature and thresholds through the operating file's."""
+    temperature, thresholds and abstention threshold through the operating file's."""
     from medclass.eval import operating_file
     from medclass.module.hparams import check_data_info
 
@@ -106,7 +106,7 @@ def read_meta(text: str, source: str) -> dict[str, Any]:
         raise MedclassError(f"{source} is not readable JSON ({type(err).__name__}); export the model again") from err
     if not isinstance(raw, dict):
         raise MedclassError(f"{source} is not a mapping; export the model again")
-    operating = {k: raw.pop(k) for k in ("temperature", "thresholds") if k in raw}
+    operating = {k: raw.pop(k) for k in ("temperature", "thresholds", "abstain") if k in raw}
     return {**check_data_info(raw, source), **operating_file.check(operating, source)}
 
 
@@ -207,6 +207,13 @@ def run_export(cfg: DictConfig) -> dict[str, Any]:
                "max_abs_diff": diff, "tolerance": cfg.tolerance, "meta": {**model_meta(module), **operating}}
     if fmt == "safetensors":
         summary["description"] = str(path.with_suffix(".json"))
+    if cfg.get("model_card", True):  # the card travels with the model, made from the checkpoint and its run
+        from medclass.eval.model_card import write_model_card
+
+        ckpt = Path(cfg.ckpt_path)
+        summary["model_card"] = str(write_model_card(
+            path.parent, ckpt, dict(module.hparams), None, ckpt.parent.parent if ckpt.parent.name == "checkpoints"
+            else None, parameters=sum(p.numel() for p in module.parameters())))
     write_json(out / "export.json", summary)
     if not diff <= cfg.tolerance:  # NaN fails too
         raise MedclassError(f"{path} differs from the checkpoint by {diff:.3g} > tolerance={cfg.tolerance:g}; try "

@@ -11,7 +11,7 @@ import csv
 import glob
 import logging
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -130,7 +130,7 @@ def decision_threshold(meta: dict[str, Any], operating_point: str | None) -> tup
 
 
 def _record(path: Path, probs: np.ndarray, meta: dict[str, Any], k: int, threshold: float,
-            decision: tuple[str, bool] | None = None) -> dict[str, Any]:
+            decision: tuple[str, bool] | None = None, refer: bool | None = None) -> dict[str, Any]:
     names = meta["class_names"]
     order = np.argsort(-probs, kind="stable")[: max(1, min(k, len(names)))]
     record: dict[str, Any] = {
@@ -144,7 +144,15 @@ def _record(path: Path, probs: np.ndarray, meta: dict[str, Any], k: int, thresho
         record["labels"] = [n for n, p in zip(names, probs, strict=True) if p > threshold]
     if decision is not None:  # the binary call at the deployed threshold (positive class: the second name)
         record["decision"] = names[1] if decision[1] else names[0]
+    if refer is not None:  # selective prediction: below eval.py's abstention threshold, a human decides
+        record["decision"] = "refer" if refer else record.get("decision", record["class"])
     return record
+
+
+def abstain_threshold(meta: dict[str, Any]) -> float | None:
+    """The confidence below which an image is referred (eval.py `abstain.*`, saved beside the checkpoint)."""
+    abstain = meta.get("abstain") or {}
+    return None if meta["task"] == "multi-label" or abstain.get("threshold") is None else float(abstain["threshold"])
 
 
 def _unique_png(folder: Path, path: Path, used: set[str]) -> Path:
@@ -176,39 +184,26 @@ def predict_images(
     Grad-CAM overlay per image (torch models only). Unreadable files land in `skipped`. When the
     model's `meta` carries eval.py's temperature, probabilities are calibrated (`calibrated`); when it
     carries binary thresholds, each record gets a `decision` at `operating_point` (default Youden's J),
-    taken on the uncalibrated score the threshold was chosen on.
+    taken on the uncalibrated score the threshold was chosen on; when it carries an abstention threshold
+    (eval.py `abstain.*`), an image whose uncalibrated confidence falls below it gets `decision=refer`.
     """
     if batch_size < 1 or k < 1:
         raise MedclassError(f"batch_size={batch_size} and k={k} must be at least 1")
     if isinstance(model, Classifier):
         model = TorchModel(model, tta=tta)
     meta = model.meta
-    to_tensor = eval_transform(None, meta["mean"], meta["std"])  # decode_resized already sized the image
     if cam_dir is not None and not isinstance(model, TorchModel):
         raise MedclassError("Grad-CAM needs the network's gradients: predict with ckpt_path=<file.ckpt>, not ONNX")
     temperature = meta.get("temperature") if calibrated else None
     decision = decision_threshold(meta, operating_point)
-    result, used, paths = Predictions(), set(), list(paths)
-    chunks = [paths[i : i + batch_size] for i in range(0, len(paths), batch_size)]
-    for chunk in track(chunks, description="predicting", transient=True, disable=not progress or len(chunks) < 2):
-        tensors, kept = [], []
-        for path in map(Path, chunk):
-            try:
-                image = decode_resized(path, meta["image_size"], meta["in_chans"])
-            except MissingExtra:
-                raise
-            except Exception as err:  # corrupt, truncated, unreadable: listed, never fatal
-                result.skipped.append((path, f"unreadable image ({type(err).__name__}: {err})"))
-                continue
-            tensors.append(to_tensor(image=image)["image"])
-            kept.append(path)
-        if not kept:
-            continue
-        x = torch.stack(tensors)
-        raw = model(x)
+    refer_below = abstain_threshold(meta)
+    result, used = Predictions(), set()
+    for kept, x, raw in scored_batches(model, paths, batch_size, result.skipped, progress):
         probs = apply_temperature(raw, meta["task"], temperature) if temperature else raw
-        records = [_record(p, row, meta, k, threshold, None if decision is None else (decision[0], float(score[1]) >=
-                                                                                      decision[1]))
+        # thresholds apply to the uncalibrated scores they were chosen on
+        records = [_record(p, row, meta, k, threshold,
+                           None if decision is None else (decision[0], float(score[1]) >= decision[1]),
+                           None if refer_below is None else float(score.max()) < refer_below)
                    for p, row, score in zip(kept, probs, raw, strict=True)]
         if cam_dir is not None:
             from medclass.eval.explain import save_cam_overlays
@@ -221,6 +216,33 @@ def predict_images(
                 record["cam"] = str(out)
         result.records.extend(records)
     return result
+
+
+def scored_batches(model: TorchModel | Callable[[torch.Tensor], np.ndarray], paths: Sequence[str | Path],
+                   batch_size: int, skipped: list[Skipped], progress: bool = False
+                   ) -> Iterator[tuple[list[Path], torch.Tensor, np.ndarray]]:
+    """(readable paths, their input batch, the model's raw probabilities) per batch of `paths`, each image decoded
+    and normalized as in training (the model's `meta`); unreadable files are appended to `skipped`, never fatal.
+    predict.py and eval.py's external validation both score files through here."""
+    meta = model.meta
+    to_tensor = eval_transform(None, meta["mean"], meta["std"])  # decode_resized already sized the image
+    paths = list(paths)
+    chunks = [paths[i : i + batch_size] for i in range(0, len(paths), batch_size)]
+    for chunk in track(chunks, description="predicting", transient=True, disable=not progress or len(chunks) < 2):
+        tensors, kept = [], []
+        for path in map(Path, chunk):
+            try:
+                image = decode_resized(path, meta["image_size"], meta["in_chans"])
+            except MissingExtra:
+                raise
+            except Exception as err:  # corrupt, truncated, unreadable: listed, never fatal
+                skipped.append((path, f"unreadable image ({type(err).__name__}: {err})"))
+                continue
+            tensors.append(to_tensor(image=image)["image"])
+            kept.append(path)
+        if kept:
+            x = torch.stack(tensors)
+            yield kept, x, model(x)
 
 
 def predict_image(module: Classifier, path: str | Path, k: int = 3) -> dict[str, Any]:
@@ -312,7 +334,8 @@ def run_predict(cfg: DictConfig) -> Predictions:
     source = {"model": str(cfg.get("ckpt_path") or cfg.get("onnx_path")), "inputs": str(cfg.inputs),
               "tta": getattr(getattr(model, "module", None), "tta", "none"),
               "temperature": model.meta.get("temperature") if cfg.get("calibrated", True) else None,
-              "decision_threshold": None if decision is None else {"name": decision[0], "threshold": decision[1]}}
+              "decision_threshold": None if decision is None else {"name": decision[0], "threshold": decision[1]},
+              "abstain": model.meta.get("abstain")}
     write_outputs(out, result, model.meta, source)
     log_skipped(result.skipped, out / "skipped.csv")
     if not result.records:

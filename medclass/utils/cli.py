@@ -116,7 +116,7 @@ def run(main: Callable[[], Any], argv: Sequence[str] | None = None) -> None:
 
     A sweep with failed jobs ends with one line naming them and exit code 1.
     """
-    argv = expand_home(sys.argv[1:] if argv is None else argv)
+    argv = as_meant(sys.argv[1:] if argv is None else argv)
     sys.argv[1:] = argv  # what Hydra reads
     check_command_line(argv)
     try:
@@ -199,6 +199,28 @@ def check_extras(argv: Sequence[str]) -> None:
     if missing:
         print(f"error: {missing}", file=sys.stderr)
         sys.exit(2)
+
+
+# options whose keys the user names (eval.py `subgroup_bins.<column>=[edges]`): Hydra wants `+` for a new key
+OPEN_MAPPINGS = ("subgroup_bins",)
+
+
+def as_meant(argv: Sequence[str]) -> list[str]:
+    """The command line as the user means it: `~` expanded (`expand_home`) and the keys of open mappings
+    added (`open_mapping_keys`)."""
+    return open_mapping_keys(expand_home(argv))
+
+
+def open_mapping_keys(argv: Sequence[str]) -> list[str]:
+    """`subgroup_bins.age=[0,40,65,120]` and `subgroup_bins={age:[...]}` as typed: each becomes Hydra's
+    add-or-override (`++`), since the mapping starts empty and its keys are the user's column names."""
+    out = []
+    for arg in argv:
+        key = arg.partition("=")[0]
+        if "=" in arg and not arg.startswith(("+", "-")) and key.split(".")[0] in OPEN_MAPPINGS:
+            arg = "++" + arg
+        out.append(arg)
+    return out
 
 
 def expand_home(argv: Sequence[str]) -> list[str]:
