@@ -187,7 +187,11 @@ def test_prepare_then_two_process_ddp_then_eval_on_the_command_line(tmp_path: Pa
                       "data.num_workers=2", "data.batch_size=6", "trainer.limit_train_batches=1.0",
                       "+callbacks.probe={_target_:tests.test_stream.SeenProbe}")
     assert proc.returncode == 0, proc.stderr[-3000:]
-    run = next((logs / "train" / "runs").iterdir())
+    runs = list((logs / "train" / "runs").iterdir())
+    assert len(runs) == 1, runs  # rank 1 joined rank 0's folder instead of making its own
+    run = runs[0]
+    assert (run / "train.log").read_text().count("metrics: ") == 1  # rank 1 logs warnings only
+    assert not list(run.glob("*.tmp"))
     seen = seen_by_rank(run)
     train = [row[0] for row in json.loads((out / META).read_text())["rows"] if row[3] == "train"]
     assert sorted(seen) == [0, 1] and len(seen[0]) == len(seen[1]) == len(train) // 2

@@ -108,6 +108,7 @@ def assert_one_ddp_run(run: Path) -> None:
 DDP = ["trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", *FAST, "logger=csv"]
 
 
+@pytest.mark.slow  # tests/test_stream.py runs 2-process DDP through train.py and eval.py in the default suite
 def test_ddp_two_cpu_processes(tmp_path: Path) -> None:
     proc = run_script("train.py", *DDP, f"data.root={tiny_root(tmp_path)}", f"paths.log_dir={tmp_path / 'out'}")
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -85,7 +85,8 @@ def bin_values(values: Sequence[str], edges: Sequence[float], column: str) -> li
             x = float(value)
         except (TypeError, ValueError):
             raise MedclassError(f"subgroup column '{column}': value {value!r} is not a number; fix the cell, leave it "
-                                f"empty for missing, or drop '{column}' from subgroups") from None
+                                f"empty for missing, or leave '{column}' out of subgroups and "
+                                f"subgroup_bins.{column}") from None
         if not e[0] <= x <= e[-1]:  # NaN fails this too, but NaN was taken as missing above
             raise MedclassError(f"subgroup column '{column}': value {value!r} is outside subgroup_bins.{column}="
                                 f"[{', '.join(_edge(v) for v in e)}]; widen the first or last edge to cover it")
