@@ -60,7 +60,7 @@ def _confusion_scores(confusion: np.ndarray) -> dict[str, float]:
             "f1_macro": float(f1.mean())}
 
 
-class _Scorer:
+class Scorer:
     """Everything that does not depend on the weights, prepared once: predictions, confusion cell of each
     image (single-label) or its label masks (multi-label), and the sorted scores of every class."""
 
@@ -93,14 +93,14 @@ class _Scorer:
 
 def metric_values(probs: np.ndarray, labels: np.ndarray, task: str, weights: np.ndarray) -> dict[str, float]:
     """The METRICS of the data with each image counted `weights[i]` times."""
-    return _Scorer(probs, labels, task).values(weights)
+    return Scorer(probs, labels, task).values(weights)
 
 
 def bootstrap_ci(probs: np.ndarray, labels: np.ndarray, task: str, n_resamples: int = 1000, seed: int = 0,
                  level: float = 0.95) -> dict[str, Any]:
     """{metric: {"estimate", "low", "high"}} plus the settings; percentile intervals over resampled images."""
     n = len(probs)
-    scorer = _Scorer(probs, labels, task)
+    scorer = Scorer(probs, labels, task)
     estimate = scorer.values(np.ones(n))
     rng = np.random.default_rng(seed)
     draws = {m: np.empty(n_resamples) for m in METRICS}

@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 from matplotlib.figure import Figure  # not pyplot, as figures.py: no global registry, Agg canvas on save
 
-from medclass.eval.bootstrap import _Scorer
+from medclass.eval.bootstrap import Scorer
 from medclass.eval.figures import short
 from medclass.eval.operating_points import rates
 from medclass.utils.errors import MedclassError
@@ -126,7 +126,7 @@ class _Subset:
     """One set of images (a subgroup, or all): the weighted scorer and the operating-point cells, prepared once."""
 
     def __init__(self, probs: np.ndarray, labels: np.ndarray, task: str, threshold: float | None) -> None:
-        self.scorer = _Scorer(probs, labels, task)
+        self.scorer = Scorer(probs, labels, task)
         self.threshold = threshold
         if threshold is not None:
             called, positive = probs[:, 1] >= threshold, labels == 1
