@@ -37,6 +37,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from medclass.data.scan import scan_folder  # noqa: E402
 from medclass.utils.io import write_csv, write_text  # noqa: E402
 
 COARSE = {"glioma": "tumour", "meningioma": "tumour", "pituitary": "tumour", "notumor": "none"}
@@ -52,8 +53,9 @@ def file_mode(path: Path) -> str:
 
 
 def images(folder: Path) -> list[tuple[Path, str]]:
-    return sorted((p, c.name) for c in folder.iterdir() if c.is_dir() for p in c.iterdir()
-                  if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
+    """(image, class) pairs as `data=folder` reads them: the project's own scan (exact copies kept once)."""
+    scan = scan_folder(folder)
+    return list(zip(scan.files, scan.labels, strict=True))
 
 
 def manifests(data: Path, work: Path) -> tuple[Path, Path]:
@@ -118,7 +120,8 @@ def main() -> None:
     report = json.loads((eval_dir / "report.json").read_text())
     sub = report["subgroups"]["columns"]["file_mode"]
     sel, ext = report["selective"], report["external"]
-    rows = list(csv.DictReader((predict_dir / "predictions.csv").open()))
+    with (predict_dir / "predictions.csv").open(newline="") as f:
+        rows = list(csv.DictReader(f))
     referred = sum(r.get("decision") == "refer" for r in rows)
     lines = [
         "# Worked example: the clinical report on brain tumour MRI",
