@@ -1,0 +1,138 @@
+"""Reading a file medclass did not write: a regular file of bounded size, or one error line.
+
+`read_bytes` is the one primitive. It opens the path without blocking (a FIFO would otherwise wait
+for a writer for ever) and, where links are not expected (`follow_links=False`: files inside a
+sweep or run folder), without following a symbolic link. It then checks, on the open descriptor,
+that it is a regular file outside `/proc`, `/sys` and `/dev` (whose "files" report a size of 0 and
+hold the environment, or never end) and no larger than the caller's budget, and reads at most that
+many bytes. A file that grew while being read is refused rather than truncated.
+
+Error lines name the file and what was expected; they never quote what the file holds.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import re
+import stat
+import unicodedata
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from medclass.utils.errors import MedclassError
+
+SYSTEM_ROOTS = ("/proc", "/sys", "/dev")
+MiB = 2**20
+
+
+class Refused(MedclassError):
+    """A file that is not what its reader accepts (kind, place or size); the message names the file."""
+
+
+def system_path(path: str | Path) -> bool:
+    """Whether `path`, links resolved, lies in a kernel or device filesystem (`/proc`, `/sys`, `/dev`)."""
+    real = os.path.realpath(path)
+    return any(real == root or real.startswith(root + "/") for root in SYSTEM_ROOTS)
+
+
+def check_regular(path: str | Path, what: str, follow_links: bool = True) -> os.stat_result:
+    """The `stat` of `path` when it is a regular file outside the system folders; else `Refused` naming `what`."""
+    try:
+        info = os.stat(path) if follow_links else os.lstat(path)
+    except OSError as err:
+        raise Refused(f"{what} {path} cannot be read ({err.strerror or type(err).__name__})") from None
+    if stat.S_ISLNK(info.st_mode):
+        raise Refused(f"{what} {path} is a symbolic link; links are not followed here (copy the file instead)")
+    if not stat.S_ISREG(info.st_mode) or system_path(path):
+        raise Refused(f"{what} {path} is not a regular file (a device, pipe, folder or system file)")
+    return info
+
+
+def read_bytes(path: str | Path, what: str, max_bytes: int, follow_links: bool = True) -> bytes:
+    """The bytes of a regular file of at most `max_bytes`; anything else is one `Refused` line naming `what`."""
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
+    if not follow_links:
+        flags |= getattr(os, "O_NOFOLLOW", 0)
+    try:
+        fd = os.open(path, flags)
+    except OSError as err:
+        if err.errno == errno.ELOOP:
+            raise Refused(f"{what} {path} is a symbolic link; links are not followed here (copy the file "
+                          "instead)") from None
+        raise Refused(f"{what} {path} cannot be read ({err.strerror or type(err).__name__})") from None
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode) or system_path(path):
+            raise Refused(f"{what} {path} is not a regular file (a device, pipe, folder or system file)")
+        if info.st_size > max_bytes:
+            raise Refused(f"{what} {path} is {info.st_size / MiB:.1f} MiB, more than the {max_bytes / MiB:g} MiB "
+                          "this reader takes")
+        chunks, held = [], 0
+        while True:
+            chunk = os.read(fd, min(1 << 20, max_bytes + 1 - held))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            held += len(chunk)
+            if held > max_bytes:
+                raise Refused(f"{what} {path} grew past {max_bytes / MiB:g} MiB while being read")
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
+
+
+def read_text(path: str | Path, what: str, max_bytes: int, follow_links: bool = True) -> str:
+    """A UTF-8 text file (a BOM is dropped) through `read_bytes`."""
+    data = read_bytes(path, what, max_bytes, follow_links)
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        raise Refused(f"{what} {path} is not UTF-8 text (byte {err.start})") from None
+
+
+def read_json(path: str | Path, what: str, max_bytes: int = 16 * MiB, follow_links: bool = True) -> Any:
+    """A JSON file through `read_bytes`, as plain Python values; `NaN` and `Infinity` are read as floats
+    (callers that need finite numbers check them); nesting deeper than Python can parse is one line."""
+    text = read_text(path, what, max_bytes, follow_links)
+    try:
+        return json.loads(text)
+    except RecursionError:
+        raise Refused(f"{what} {path} nests its values too deep to be a file medclass wrote") from None
+    except ValueError as err:
+        message = getattr(err, "msg", "not JSON")  # json's own words (position only), never the content
+        line = getattr(err, "lineno", None)
+        raise Refused(f"{what} {path} is not readable JSON ({message}{f' at line {line}' if line else ''})") from None
+
+
+def iter_lines(path: str | Path, what: str, max_bytes: int, max_line: int, follow_links: bool = True
+               ) -> Iterator[str]:
+    """The lines of a bounded text file, each at most `max_line` characters (a longer one is refused)."""
+    text = read_text(path, what, max_bytes, follow_links)
+    for number, line in enumerate(text.splitlines(keepends=True), start=1):
+        if len(line) > max_line:
+            raise Refused(f"{what} {path} line {number} is longer than {max_line:,} characters")
+        yield line
+
+
+# -- text that reaches a console or a log -----------------------------------------------------------
+# C0/C1 controls, DEL, and format characters (bidirectional overrides, zero-width joiners): shown escaped
+UNSAFE = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+def printable(text: Any, limit: int = 300, keep_newlines: bool = False) -> str:
+    """`text` made safe to print: control and format characters (escape sequences, bidirectional overrides)
+    written as `\\x1b` / `\\u202e`, and at most `limit` characters (`…` marks a cut)."""
+    text = str(text)
+    out = []
+    for char in text[: limit + 1]:
+        if (char == "\n" and keep_newlines) or not (UNSAFE.match(char) or unicodedata.category(char) in ("Cf", "Cs")
+                                                     or char in "\n\t"):
+            out.append(char)
+        else:
+            code = ord(char)
+            out.append(f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}")
+    shown = "".join(out)
+    return shown if len(text) <= limit else shown[:limit] + "…"
