@@ -35,7 +35,7 @@ log = logging.getLogger("medclass")
 # what Lightning writes at the top of a checkpoint (loops, callbacks and optimizer states for resuming)
 CKPT_KEYS = frozenset({"epoch", "global_step", "pytorch-lightning_version", "state_dict", "loops", "callbacks",
                        "optimizer_states", "lr_schedulers", "hparams_name", "hyper_parameters",
-                       "random_state",  # medclass.callbacks.random_state
+                       "random_state", "medclass_seal",  # medclass.callbacks.random_state; medclass.untrusted.seal
                        "averaging_state", "current_model_state"})  # Lightning's WeightAveraging (callbacks.ema)
 PRECISION_STATE = re.compile(r"[A-Za-z]*Precision(Plugin)?")  # a precision plugin's state (AMP's grad scaler)
 LEGACY_KEYS = ("hparams", "module_arguments")  # Lightning's loader merges these into the constructor's arguments

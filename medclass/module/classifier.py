@@ -100,6 +100,15 @@ class Classifier(L.LightningModule):
             set_backbone_frozen(self.net, True)  # Lightning calls train() after every validation
         return self
 
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Seal the data description (`medclass.untrusted.seal`): eval.py reads paths only from files this
+        account's medclass wrote."""
+        from medclass.untrusted.seal import seal
+
+        tag = seal(checkpoint.get("hyper_parameters", {}).get("data_cfg"))
+        if tag:
+            checkpoint["medclass_seal"] = tag
+
     def on_train_epoch_start(self) -> None:
         if self.hparams.freeze_backbone:
             set_backbone_frozen(self.net, self.backbone_frozen)

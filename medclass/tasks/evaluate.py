@@ -52,18 +52,40 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
 def rebuild_data(module: Classifier, cfg: DictConfig) -> ClassificationDataModule:
     """The checkpoint's data description (checked, never instantiated) with the command line's `data.*` on top;
     split and cache files go to this machine's folders, never to a place the file names."""
+    from medclass.untrusted.seal import model_file_sealed
+
     described = module.hparams.get("data_cfg")
     if not described:
         raise MedclassError(f"{cfg.ckpt_path} records no data to evaluate on (it was trained outside train.py); "
                             "score it from Python with Trainer.test, or retrain with train.py")
     overrides = {k: v for k, v in plain(cfg.get("data") or {}).items() if v is not None}
     machine = {k: overrides.pop(k) for k in data_registry.MACHINE_KEYS if k in overrides}
+    check_named_paths(described, overrides, model_file_sealed(cfg.ckpt_path), cfg)
     description = data_registry.describe({**data_registry.from_file(described), **overrides}, "data")
     info = module.hparams.data_info
     machine.update(augment=None, mean=info["mean"], std=info["std"], in_chans=info["in_chans"])
     for key in data_registry.KINDS[description["kind"]].folders:  # this machine's, not the trainer's
         machine.setdefault(key, str(Path(cfg.paths.log_dir) / {"split_dir": "splits", "cache_dir": "cache"}[key]))
     return data_registry.build(description, **machine)
+
+
+def check_named_paths(described: dict[str, Any], overrides: dict[str, Any], sealed: bool, cfg: DictConfig) -> None:
+    """A model file's data paths are read only when this account's medclass sealed them
+    (`medclass.untrusted.seal`); for any other file the user names the data, so a stranger's checkpoint
+    cannot make eval read `/proc/self/environ` or list a private folder."""
+    from medclass.untrusted.files import printable
+    from medclass.untrusted.seal import key_file, named_paths
+
+    if sealed:
+        return
+    unconfirmed = {k: v for k, v in named_paths(described).items() if k not in overrides}
+    if unconfirmed:
+        named = ", ".join(f"{k}={printable(v, 120)}" for k, v in unconfirmed.items())
+        options = " ".join(f"data.{k}=<path>" for k in unconfirmed)
+        raise MedclassError(f"{cfg.ckpt_path} names its data on disk ({named}) but was not written by medclass under "
+                            f"this account (no valid seal: a colleague's or an edited file, or a new {key_file()}), "
+                            f"so its paths are not read; name the data yourself with {options} "
+                            "(docs/reliability.md#whose-paths-a-model-file-may-name)")
 
 
 def check_same_split(trained: str | None, now: str, cfg: DictConfig) -> None:
