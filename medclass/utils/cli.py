@@ -46,6 +46,19 @@ def find_user_error(err: BaseException | None) -> MedclassError | None:
     return None
 
 
+# an error line's length on the console: past any message medclass writes (option lists included), short of a
+# file's content pasted whole
+CONSOLE_LIMIT = 5000
+
+
+def console_text(text: Any, limit: int = CONSOLE_LIMIT) -> str:
+    """`text` as one console line: control characters (escape sequences, newlines) and bidirectional overrides
+    escaped by `medclass.untrusted.files.printable`, so what a file or a message holds cannot drive the terminal."""
+    from medclass.untrusted.files import printable
+
+    return printable(text, limit)
+
+
 @dataclass
 class SweepRecord:
     """This process's jobs under `-m` (the local launcher runs them all here), for the closing summary."""
@@ -77,7 +90,8 @@ def record_failed_job(err: BaseException, user_error: MedclassError | None) -> N
     trace = "".join(traceback.format_exception(err))
     write_text(folder / ERROR_FILE, f"error: {message}\noverrides: {overrides}\n\n{trace}")
     SWEEP.failed.append(f"{overrides}: {message} ({folder / ERROR_FILE})")
-    logging.getLogger("medclass").error("job failed, the sweep goes on: %s (%s)", message, folder / ERROR_FILE)
+    logging.getLogger("medclass").error("job failed, the sweep goes on: %s (%s)", console_text(message),
+                                        console_text(folder / ERROR_FILE))
 
 
 def report_user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -103,7 +117,7 @@ def report_user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
                 return None
             if user_error is None or os.environ.get("HYDRA_FULL_ERROR") == "1":
                 raise
-            print(f"error: {user_error}", file=sys.stderr)
+            print(f"error: {console_text(user_error)}", file=sys.stderr)
             sys.exit(2)
         SWEEP.finished += 1
         return result
@@ -124,8 +138,8 @@ def run(main: Callable[[], Any], argv: Sequence[str] | None = None) -> None:
     finally:  # also when the sweeper itself gives up afterwards (Optuna with no completed trial)
         if SWEEP.failed:
             total = SWEEP.finished + len(SWEEP.failed)
-            print(f"error: {SWEEP.finished} of {total} jobs finished; failed: " + "; ".join(SWEEP.failed),
-                  file=sys.stderr)
+            print(f"error: {SWEEP.finished} of {total} jobs finished; failed: "
+                  + console_text("; ".join(SWEEP.failed), CONSOLE_LIMIT * 4), file=sys.stderr)
     if SWEEP.failed:
         sys.exit(1)
 
