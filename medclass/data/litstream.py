@@ -22,6 +22,8 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+import os
+import stat
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import redirect_stdout
@@ -34,9 +36,13 @@ import numpy as np
 import torch
 from litdata import StreamingDataLoader, StreamingDataset, optimize
 from litdata.streaming.downloader import get_downloader
+from litdata.streaming.item_loader import PyTreeLoader
 from litdata.utilities.env import _DistributedEnv
 
 from medclass.data.decode import decode_resized, to_channels
+from medclass.data.stream import Chunk, ChunkRefused, ItemLayout, check_chunk, identity
+from medclass.untrusted.files import printable
+from medclass.utils.errors import MedclassError
 
 # LitData logs its cache budget and read mode at INFO for every data set it opens: medclass logs one line instead
 logging.getLogger("litdata").setLevel(logging.WARNING)
@@ -118,12 +124,86 @@ class ToSample:
             self.transform.set_random_seed(seed)
 
 
+class ChunkGuard(PyTreeLoader):
+    """LitData's item loader, with each chunk checked whole (`stream.check_chunk`) before LitData reads from it.
+
+    LitData opens a chunk file when it reads the chunk's first item, and again after closing it; each time, the
+    file is checked first (or, when its identity is unchanged since the last check, only `lstat`-ed). From object
+    storage (and `local:`), that is after LitData downloaded it into the cache: a download is published whole
+    (an atomic rename), so the guard waits only for the file to appear, then checks it, and never waits for bytes
+    beyond what the file holds. `where` names the split's index.json in errors; `rows` and `labels` are the split
+    table's, in stored order."""
+
+    def __init__(self, where: str, chunks: Sequence[Chunk], layout: ItemLayout, rows: np.ndarray,
+                 labels: np.ndarray, remote: bool) -> None:
+        super().__init__()
+        self.where, self.chunks, self.layout, self.remote = where, list(chunks), layout, remote
+        self.rows, self.labels = rows, labels
+        self.checked: dict[int, tuple[int, ...]] = {}
+
+    def load_item_from_chunk(self, index: int, chunk_index: int, chunk_filepath: str, begin: int,
+                             filesize_bytes: int, encryption: Any = None) -> Any:
+        if chunk_filepath != self._chunk_filepath:  # LitData (re)opens the file for this item
+            self.check(chunk_index, chunk_filepath)
+        return super().load_item_from_chunk(index, chunk_index, chunk_filepath, begin, filesize_bytes, encryption)
+
+    def warm_posix_chunk(self, chunk_index: int, chunk_filepath: str) -> None:
+        """LitData maps a local chunk ahead of reading it (and parses its header then): checked first."""
+        self.check(chunk_index, chunk_filepath)
+        super().warm_posix_chunk(chunk_index, chunk_filepath)
+
+    def pre_load_chunk(self, chunk_index: int, chunk_filepath: str) -> None:
+        """A page-cache hint from LitData's download thread, which opens the file: given for a regular file only
+        (never a pipe), and never an error there; the chunk is checked when it is read."""
+        try:
+            regular = stat.S_ISREG(os.lstat(chunk_filepath).st_mode)
+        except OSError:
+            regular = False
+        if regular:
+            super().pre_load_chunk(chunk_index, chunk_filepath)
+
+    def check(self, chunk_index: int, path: str) -> None:
+        """The chunk at `path`, as its index and the split table describe it, or one `ChunkRefused` line."""
+        chunk = self.chunks[chunk_index]
+        if os.path.basename(path) != chunk.name:  # LitData reads the file its (checked) index names
+            raise ChunkRefused(f"{self.where}: LitData asked for {path} as chunk {chunk.name}")
+        if self.remote:
+            try:
+                self._wait_until_chunk_ready(chunk_index, path, 0)  # there, and whole, once it exists
+            except MedclassError:
+                raise
+            except Exception as err:  # the download failed or never came
+                detail = printable(" ".join(str(err).split()), 200)
+                raise ChunkRefused(f"{self.where}: chunk {chunk.name} did not arrive ({type(err).__name__}: "
+                                   f"{detail}); check the URL, the storage credentials and the network") from None
+        try:
+            now = identity(os.lstat(path))
+        except OSError:
+            now = None
+        if now is None or self.checked.get(chunk_index) != now:
+            self.checked[chunk_index] = check_chunk(path, chunk, self.layout, self.rows, self.labels, self.where)
+
+    def state_dict(self) -> Any:
+        """None, as LitData records its own default loader: a loader state saved in a checkpoint matches."""
+        return None
+
+
+ChunkGuard.__name__ = PyTreeLoader.__name__  # LitData compares index.json's item_loader with the class name
+
+
+def index_file(dataset: StreamingDataset) -> Path:
+    """The index.json LitData reads for `dataset`: the folder's own, or its copy in the cache."""
+    return Path(dataset.input_dir.path) / "index.json"
+
+
 class ImageStream(StreamingDataset):
-    """A split of a prepared data set: LitData's `StreamingDataset`, sharded image by image (module docstring)."""
+    """A split of a prepared data set: LitData's `StreamingDataset`, sharded image by image (module docstring),
+    each chunk checked by `guard` before LitData reads from it."""
 
     def __init__(self, input_dir: str, transform: ToSample, shuffle: bool, seed: int, cache_dir: str | None,
-                 max_cache_size: str | None) -> None:
-        super().__init__(input_dir, cache_dir=cache_dir, shuffle=shuffle, seed=seed, max_cache_size=max_cache_size)
+                 max_cache_size: str | None, guard: ChunkGuard | None = None) -> None:
+        super().__init__(input_dir, cache_dir=cache_dir, shuffle=shuffle, seed=seed, max_cache_size=max_cache_size,
+                         item_loader=guard)
         self.transform = transform  # LitData applies it to each item (a callable, not a list: see ToSample)
         if self.posix_fast is not None and self.posix_fast.window_shuffle:
             # in-place reads as LitData chose, but image-level assignment: whole chunks per worker could leave a

@@ -16,10 +16,14 @@ import atexit
 import functools
 import json
 import logging
-import re
+import mmap
+import os
 import shutil
+import stat
+import struct
 import tempfile
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +45,7 @@ from medclass.data.cache import image_digests, image_sums, mean_std
 from medclass.data.decode import DICOM_SUFFIXES, decode_resized
 from medclass.data.folder import FolderDataModule
 from medclass.data.leakage import split_copies
+from medclass.untrusted import files
 from medclass.utils import schema as s
 from medclass.utils.errors import MedclassError
 from medclass.utils.extras import require
@@ -53,11 +58,20 @@ FORMAT, VERSION = "medclass-stream", 1
 URL_PREFIXES = ("s3://", "gs://", "azure://", "r2://", "local:")  # LitData's object stores; local: a folder as one
 TASKS = ("binary-class", "multi-class", "multi-label")  # what a folder or manifest can be
 MAX_META_BYTES = 256 * 2**20  # the split table: about 3 million rows
+# what parsing medclass.json may cost in memory, estimated from its bytes before parsing (`_parse_budget`): a
+# table prepare wrote costs 7 to 10 bytes per byte of file, a file of empty lists or short strings twice that
+META_PARSE_BUDGET = 2 * 2**30
+MAX_INDEX_BYTES = 16 * 2**20  # a split's index.json: about 180,000 chunks
 MAX_ROWS = 10**8
+MAX_LABEL_CELLS = 2**26  # multi-label rows × classes held as float32 (256 MiB): 1M images × 64 classes
 BASE_COLUMNS = ("index", "path", "label", "split")
-# what `prepare` writes into each item (image, label, index): LitData serializers that unpickle nothing
-ITEM_FORMAT = re.compile(r"(no_header_)?numpy(:\d+)?|int")
 ADVICE = "prepare the data set again with medclass-prepare (docs/data.md \"Streaming (data=stream)\")"
+# the one file name LitData gives a chunk (`chunk-<worker>-<n>.bin`): a plain name, never a path, `.` or `..`
+CHUNK_NAME = r"chunk-\d{1,9}-\d{1,9}\.bin"
+MAX_CHUNK_BYTES = 2**32 - 1  # LitData's offset table holds uint32 byte positions
+# LitData 0.2's encodings, which the byte layout below spells out (a test prepares a set and reads it back):
+UINT8_CODE = 4  # numpy leaf: the index of uint8 in litdata.constants._NUMPY_DTYPES_MAPPING
+I64S_TAG = 2  # json leaf: the tag of a list of int64 in litdata.streaming.serializers (_NEST_I64S)
 
 
 def litdata_module(what: str) -> Any:
@@ -155,7 +169,12 @@ def prepare(data: FolderDataModule, out: str | Path, workers: int = 2, chunk_byt
         "skipped": len(skipped), "source": source or {},
     }
     check_meta(meta, "the prepared data set")  # never write what StreamDataModule would refuse
-    write_text(out / META, _meta_text(meta))  # last: a folder without it is no finished data set
+    text = _meta_text(meta)
+    if len(text.encode()) > MAX_META_BYTES or parse_cost(text) > META_PARSE_BUDGET:
+        raise MedclassError(f"the split table of {len(table)} images is larger than a prepared data set's "
+                            f"{META} may be ({MAX_META_BYTES >> 20} MiB, {META_PARSE_BUDGET >> 30} GiB to read); "
+                            "prepare it in parts (one manifest per part)")
+    write_text(out / META, text)  # last: a folder without it is no finished data set
     summary = {"out": str(out), "split_key": data.split_key, **meta["splits"], "skipped": len(skipped)}
     log.info("prepared %s: %d train / %d val / %d test images, split key %s; train on it with: medclass-train "
              "data=stream data.input_dir=%s", out, *meta["splits"].values(), data.split_key, out)
@@ -226,6 +245,9 @@ def _rows(meta: dict[str, Any]) -> None:
     names = info["class_names"]
     index_of = {name: i for i, name in enumerate(names)}
     multi = info["task"] == "multi-label"
+    if multi and len(rows) * len(names) > MAX_LABEL_CELLS:  # held as one float32 per image and class
+        raise s.Invalid(f"rows: {len(rows)} multi-label images × {len(names)} classes are more than the "
+                        f"{MAX_LABEL_CELLS:,} labels medclass holds in memory")
     path_text, cell_text = s.text(4096), s.text(1024)
     seen: set[int] = set()
     per_split: Counter[str] = Counter()
@@ -271,21 +293,262 @@ def check_meta(payload: Any, source: str) -> dict[str, Any]:
     return s.read_as_data(_meta, payload, source, ADVICE)
 
 
-INDEX = s.record({
-    "config": s.record({"data_format": s.list_of(s.text(40, ITEM_FORMAT.pattern, "a pickle-free LitData format "
-                                                              "(numpy, int) as medclass-prepare writes"), 1, 16),
-                        "item_loader": s.choice("PyTreeLoader"), "encryption": s.choice(None)},
-                       ("data_format", "item_loader"), extra=s.plain(3, 1000)),
-    "chunks": s.list_of(s.record({"chunk_size": s.integer(0, 10**9), "filename": s.text(200, r"[\w.-]+")},
-                                 ("chunk_size", "filename"), extra=s.plain(2, 1000)), 1, 10**7),
-}, ("config", "chunks"), extra=s.plain(3, 1000))
+# -- a split's LitData index and its chunks, read as data -----------------------------------------------------
+class ChunkRefused(MedclassError):
+    """A chunk that is not what its split's index.json and medclass.json describe, in one line naming the file.
+
+    Raised where LitData reads, which may be a loader worker: torch re-raises a worker's exception in the main
+    process as `ChunkRefused("Caught ChunkRefused in DataLoader worker process 0.\\nOriginal Traceback ...")`, and
+    the constructor keeps the one line from the end of that text."""
+
+    def __init__(self, message: str) -> None:
+        if message.startswith("Caught ") and "\nOriginal Traceback" in message:
+            message = message.rstrip().rsplit("\n", 1)[-1].split(f"{type(self).__name__}: ", 1)[-1]
+        super().__init__(message)
 
 
-def check_index(payload: Any, source: str) -> int:
-    """A split's LitData `index.json`, checked before LitData reads a chunk: only serializers that unpickle
-    nothing (a chunk of a stranger's data set must not run code), no encryption; returns its image count."""
-    index = s.read_as_data(INDEX, payload, source, ADVICE)
-    return sum(chunk["chunk_size"] for chunk in index["chunks"])
+@dataclass(frozen=True)
+class ItemLayout:
+    """The bytes of one item as medclass-prepare writes it, fixed by the description of the data set.
+
+    An item is three uint32 leaf sizes, then the image (the uint8 code, rank 3, its shape, size × size × chans
+    pixels), the label (a class index as int64; multi-label: the tag and length of an int64 list, then a 0 or 1
+    per class) and the image's row in the split table (int64). So every item of a set has the same length, a
+    chunk's size follows from its item count, and every byte but the pixels, labels and rows is known in advance:
+    a chunk is checked whole, cheaply, before LitData parses any of it."""
+
+    size: int
+    chans: int
+    classes: int
+    multi: bool
+
+    @property
+    def formats(self) -> list[str]:
+        """LitData's serializer names for image, label and row (`data_format` in index.json)."""
+        return ["numpy", "json" if self.multi else "int", "int"]
+
+    @property
+    def leaves(self) -> tuple[int, int, int]:
+        return 20 + self.size * self.size * self.chans, (5 + 8 * self.classes if self.multi else 8), 8
+
+    @property
+    def item_bytes(self) -> int:
+        return 12 + sum(self.leaves)
+
+    @property
+    def label_at(self) -> int:
+        """Where an item's label values start."""
+        return 12 + self.leaves[0] + (5 if self.multi else 0)
+
+    def chunk_bytes(self, items: int) -> int:
+        """The size of a chunk of `items` items: their count, items + 1 offsets, the items."""
+        return 4 * (items + 2) + items * self.item_bytes
+
+    def header(self) -> bytes:
+        """The bytes every item starts with: its leaf sizes, the image's dtype code, rank and shape."""
+        return struct.pack("<8I", *self.leaves, UINT8_CODE, 3, self.size, self.size, self.chans)
+
+    def label_prefix(self) -> bytes:
+        """The bytes before a multi-label item's values: the int64-list tag and the class count."""
+        return struct.pack("<BI", I64S_TAG, self.classes) if self.multi else b""
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """A chunk as its index.json describes it, checked: a plain file name, its item count, its size in bytes and
+    the position of its first item in the split."""
+
+    name: str
+    items: int
+    nbytes: int
+    first: int
+
+
+ITEM_KEYS = ["image", "label", "index"]
+LEAF_SPEC = {"type": None, "context": None, "children_spec": []}
+
+
+def _item_spec(value: Any, where: str) -> Any:
+    """LitData's tree of an item (`data_spec`: JSON in a string), as prepare writes it: a dict of image, label and
+    index, one leaf each. LitData would rebuild any registered tree type from it, recursively."""
+    text = s.text(2000)(value, where)
+    try:
+        protocol, tree = json.loads(text)
+        ok = (protocol == 1 and set(tree) == {"type", "context", "children_spec"} and tree["type"] == "builtins.dict"
+              and json.loads(tree["context"]) == ITEM_KEYS and tree["children_spec"] == [LEAF_SPEC] * 3)
+    except (ValueError, TypeError, AttributeError, RecursionError):
+        ok = False
+    if not ok:
+        raise s.fail(where, value, "a dict of image, label and index, one value each, as medclass-prepare writes")
+    return value
+
+
+def _index_check(layout: ItemLayout, count: int) -> s.Check:
+    """index.json as LitData 0.2 writes it for prepare's items: every key LitData would act on has the one value
+    prepare gives it (no compression, encryption, other loader, MDS or serializer), and no key is unknown."""
+    formats = layout.formats
+    format_hint = f"a pickle-free LitData format as medclass-prepare writes them ({', '.join(formats)})"
+
+    def data_format(value: Any, where: str) -> list[str]:
+        if not isinstance(value, list) or len(value) != len(formats):
+            raise s.fail(where, value, f"{len(formats)} LitData formats ({', '.join(formats)})")
+        for i, (name, expected) in enumerate(zip(value, formats, strict=True)):
+            if name != expected:
+                raise s.fail(f"{where}[{i}]", name, format_hint)
+        return value
+
+    def whole(value: Any, where: str) -> int | None:
+        return None if value is None else s.integer(1, 2**40)(value, where)
+
+    none = s.choice(None)
+    config = s.record({
+        "data_format": data_format, "data_spec": _item_spec, "item_loader": s.choice("PyTreeLoader"),
+        "compression": none, "encryption": none, "compression_level": none, "compression_batch_size": none,
+        "ipc_compression": none, "chunk_bytes": whole, "chunk_size": whole, "types": s.plain(2, 16),
+    }, required=("data_format", "data_spec", "item_loader", "compression"))
+    chunk = s.record({
+        "chunk_bytes": s.integer(1, MAX_CHUNK_BYTES), "chunk_size": s.integer(1, count), "dim": none,
+        "filename": s.text(40, CHUNK_NAME, "a chunk file name as LitData writes it (chunk-<worker>-<n>.bin)"),
+    }, required=("chunk_bytes", "chunk_size", "filename"))
+    return s.record({"chunks": s.list_of(chunk, 1, count), "config": config, "updated_at": s.text(40)},
+                    required=("chunks", "config"))
+
+
+def check_index(payload: Any, source: str, layout: ItemLayout, count: int) -> list[Chunk]:
+    """A split's LitData `index.json`, checked before LitData reads it: exactly the configuration prepare writes
+    (LitData acts on compression, encryption, the loader and the serializers, and a serializer that unpickles
+    would run a stranger's code), chunks with plain file names, each once, whose sizes follow from their item
+    counts (`layout`), and `count` items in all (the description's count for the split)."""
+    index = s.read_as_data(_index_check(layout, count), payload, source, ADVICE)
+    chunks: list[Chunk] = []
+    seen: set[str] = set()
+    first = 0
+    for i, entry in enumerate(index["chunks"]):
+        name, items, nbytes = entry["filename"], entry["chunk_size"], entry["chunk_bytes"]
+        if name in seen:
+            raise s.Invalid(f"{source}: chunks[{i}].filename={name!r} names a chunk a second time; {ADVICE}")
+        if nbytes != layout.chunk_bytes(items):
+            raise s.Invalid(f"{source}: chunks[{i}].chunk_bytes={nbytes}: expected {layout.chunk_bytes(items)}, the "
+                            f"size of {items} items of {layout.size} px and {layout.chans} channel(s); {ADVICE}")
+        seen.add(name)
+        chunks.append(Chunk(name, items, nbytes, first))
+        first += items
+    if first != count:
+        raise s.Invalid(f"{source} holds {first} images but {META} lists {count}; the folder was changed after "
+                        "preparing: " + ADVICE)
+    return chunks
+
+
+def check_chunk_files(folder: Path, chunks: list[Chunk], where: str) -> None:
+    """The chunks of a split folder on this machine, before LitData opens any: each a regular file in the folder
+    itself (no link, device, pipe or folder) of the size index.json gives. LitData would otherwise wait for a
+    chunk shorter than its index says, block on a pipe, copy a device until the disk is full, or read a linked
+    file as a chunk; it now fails at once, naming the chunk."""
+    for chunk in chunks:
+        path = folder / chunk.name
+        info = files.check_regular(path, "a chunk of a prepared data set", follow_links=False)
+        if info.st_size != chunk.nbytes:
+            raise ChunkRefused(f"{path} is {info.st_size} bytes but {where} gives {chunk.nbytes}; the folder was "
+                               f"changed after preparing, or copying it did not finish: {ADVICE}")
+
+
+BLOCK = 1 << 16  # items checked at a time: the comparisons' memory does not grow with the chunk
+
+
+def _chunk_problem(view: mmap.mmap, chunk: Chunk, layout: ItemLayout, rows: np.ndarray, labels: np.ndarray) -> str:
+    """What is wrong with a chunk's bytes (`view`, of the size its index gives), or "": its item count, its offset
+    table, each item's fixed bytes, labels and table rows as the split table has them (`rows`, `labels`: this
+    chunk's share). Nothing here quotes the chunk's bytes."""
+    n, size = chunk.items, layout.item_bytes
+    data = np.frombuffer(view, np.uint8)
+    start = 4 * (n + 2)
+    if int(data[:4].view("<u4")[0]) != n:
+        return "does not start with its item count"
+    head = np.frombuffer(layout.header(), np.uint8)
+    prefix = np.frombuffer(layout.label_prefix(), np.uint8)
+    width = 8 * layout.classes if layout.multi else 8
+    at = layout.label_at
+    for lo in range(0, n + 1, BLOCK):
+        hi = min(n + 1, lo + BLOCK)
+        offsets = data[4 + 4 * lo:4 + 4 * hi].view("<u4").astype(np.int64)
+        if not np.array_equal(offsets, start + size * np.arange(lo, hi, dtype=np.int64)):
+            return f"has an offset table that does not fit {n} items of {size} bytes"
+    for lo in range(0, n, BLOCK):
+        hi = min(n, lo + BLOCK)
+        items = data[start + lo * size:start + hi * size].reshape(hi - lo, size)
+        if not (items[:, :head.size] == head).all():
+            return "holds an item whose leaf sizes, image type or image shape differ"
+        if prefix.size and not (items[:, at - prefix.size:at] == prefix).all():
+            return "holds an item whose label is not one 0 or 1 per class"
+        values = np.ascontiguousarray(items[:, at:at + width]).view("<i8")
+        if not np.array_equal(values, labels[lo:hi].reshape(hi - lo, -1)):
+            return "holds labels that differ from the split table's"
+        if not np.array_equal(np.ascontiguousarray(items[:, -8:]).view("<i8")[:, 0], rows[lo:hi]):
+            return "holds images in another order than the split table's"
+    return ""
+
+
+def check_chunk(path: str, chunk: Chunk, layout: ItemLayout, rows: np.ndarray, labels: np.ndarray,
+                where: str) -> tuple[int, ...]:
+    """A chunk file, checked whole before LitData reads an item of it (after a download, where LitData fetched
+    it): a regular file, not a link, of its declared size, holding exactly the items its index and the split
+    table describe (`rows`, `labels`: the whole split's). LitData would otherwise take its offsets, array shapes,
+    compression frames and trailing Arrow tables from the bytes. Returns the file's identity, which a later
+    `os.lstat` compares to know the file has not been replaced since."""
+    info = files.check_regular(path, "a chunk of a prepared data set", follow_links=False)
+    if info.st_size != chunk.nbytes:
+        raise ChunkRefused(f"{path} is {info.st_size} bytes but {where} gives {chunk.nbytes}; {ADVICE}")
+    flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
+    try:
+        fd = os.open(path, flags)
+    except OSError as err:
+        raise ChunkRefused(f"{path} cannot be read ({err.strerror or type(err).__name__})") from None
+    try:
+        opened = os.fstat(fd)
+        if (not stat.S_ISREG(opened.st_mode) or (opened.st_dev, opened.st_ino) != (info.st_dev, info.st_ino)
+                or opened.st_size != chunk.nbytes):
+            raise ChunkRefused(f"{path} was replaced while being checked")
+        with mmap.mmap(fd, 0, access=mmap.ACCESS_READ) as view:
+            span = slice(chunk.first, chunk.first + chunk.items)
+            problem = _chunk_problem(view, chunk, layout, rows[span], labels[span])
+    finally:
+        os.close(fd)
+    if problem:
+        raise ChunkRefused(f"{path} {problem}: it is not what {where} and {META} describe; {ADVICE}")
+    return identity(opened)
+
+
+def identity(info: os.stat_result) -> tuple[int, ...]:
+    return info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns
+
+
+# -- medclass.json: bounded before it is parsed -----------------------------------------------------------------
+def parse_cost(text: str) -> int:
+    """What parsing `text` as JSON may cost in memory, estimated before parsing: Python holds each list or object
+    in about 120 bytes, each string in about 60, each value in a list 8 more (numbers up to 32), beside the text.
+    A table prepare wrote is estimated at 10 to 13 bytes per byte of file, which it about costs; a file of empty
+    lists, short strings or numbers at more than it costs."""
+    return (120 * (text.count("[") + text.count("{")) + 30 * text.count('"') + 32 * text.count(",")
+            + 3 * len(text))
+
+
+def read_description(path: Path, shown: str) -> dict[str, Any]:
+    """`medclass.json`, a regular file (not a link) of at most MAX_META_BYTES whose parse fits META_PARSE_BUDGET,
+    read as data (`check_meta`)."""
+    text = files.read_text(path, "the description of a prepared data set", MAX_META_BYTES, follow_links=False)
+    if parse_cost(text) > META_PARSE_BUDGET:
+        raise s.Invalid(f"{shown} would take more than {META_PARSE_BUDGET >> 30} GiB of memory to read (it holds "
+                        f"more lists, strings and values than a table of its size prepare writes); {ADVICE}")
+    try:
+        payload = json.loads(text)
+    except RecursionError:
+        raise s.Invalid(f"{shown} nests its values too deep to be a file medclass wrote; {ADVICE}") from None
+    except ValueError as err:
+        line = getattr(err, "lineno", None)
+        raise s.Invalid(f"{shown} is not readable JSON ({getattr(err, 'msg', 'not JSON')}"
+                        f"{f' at line {line}' if line else ''}); {ADVICE}") from None
+    del text
+    return check_meta(payload, shown)
 
 
 # -- training -----------------------------------------------------------------------------------------------
@@ -307,14 +570,24 @@ class StreamDataModule(ClassificationDataModule):
         self.cache_dir = str(Path(cache_dir).expanduser()) if cache_dir else None
         self.max_cache_size = max_cache_size
         self.meta: dict[str, Any] = {}
+        self.layout: ItemLayout | None = None
+        self.chunks: dict[str, list[Chunk]] = {}  # each split's, as its checked index.json gives them
+        self._index: dict[str, Any] = {}  # each split's index.json as checked, to compare LitData's copy with
         self._items: dict[str, list[str]] = {}
         self._columns: dict[str, dict[str, str]] = {}
 
     # -- the prepared folder ------------------------------------------------------------------------------
-    def _local(self, name: str) -> Path:
-        """A file of the prepared data set on this machine: in place, or fetched from the bucket."""
+    def _folder(self) -> Path | None:
+        """The prepared folder when it is on this machine (a path, or `local:` a folder read as if it were a
+        bucket); None for object storage."""
         if not is_url(self.input_dir):
-            return Path(self.input_dir) / name
+            return Path(self.input_dir)
+        if self.input_dir.startswith("local:"):
+            return Path(self.input_dir[len("local:"):]).expanduser().absolute()
+        return None
+
+    def _fetch(self, name: str) -> Path:
+        """A file of the prepared data set in object storage, fetched into a new temporary folder."""
         lit = litdata_module("data=stream")
         folder = Path(tempfile.mkdtemp(prefix="medclass-stream-"))
         atexit.register(shutil.rmtree, folder, True)
@@ -322,26 +595,48 @@ class StreamDataModule(ClassificationDataModule):
             return lit.fetch(self.input_dir, name, folder)
         except Exception as err:  # no network, no credentials, no such bucket or key, no client library
             detail = " ".join(str(err).split()).split(" Debug source")[0][:300]  # obstore appends a Rust dump
-            raise MedclassError(f"cannot read {self.input_dir}/{name} ({type(err).__name__}: {detail}); check the "
-                                "URL, the storage credentials and the network, or give a local folder") from None
+            raise MedclassError(f"cannot read {self.input_dir}/{name} ({type(err).__name__}: "
+                                f"{files.printable(detail)}); check the URL, the storage credentials and the network, "
+                                "or give a local folder") from None
 
     def read_meta(self) -> dict[str, Any]:
-        """`medclass.json`, checked; then each split's `index.json`, checked and counted against it."""
-        path = self._local(META)
-        if not path.is_file():
-            raise MedclassError(f"data.input_dir={self.input_dir} holds no {META}: it is not a data set prepared by "
-                                "medclass-prepare (or preparing it did not finish); " + ADVICE)
+        """`medclass.json`, checked; then each split's `index.json`, checked and counted against it, and on this
+        machine (a folder, or `local:` one) each chunk's kind and size, before LitData opens anything. Only
+        regular files are read, never through a link: a stranger's prepared folder needs none."""
+        folder = self._folder()
+        if folder is not None:
+            path = folder / META
+            if not os.path.lexists(path):
+                raise MedclassError(f"data.input_dir={self.input_dir} holds no {META}: it is not a data set prepared "
+                                    "by medclass-prepare (or preparing it did not finish); " + ADVICE)
+        else:
+            path = self._fetch(META)
         source = f"{self.input_dir}/{META}" if is_url(self.input_dir) else str(path)
-        meta = check_meta(s.read_json(path, "the description of a prepared data set", MAX_META_BYTES), source)
+        meta = read_description(path, source)
+        info = meta["info"]
+        self.layout = ItemLayout(info["image_size"], info["in_chans"], len(info["class_names"]),
+                                 info["task"] == "multi-label")
         for split in SPLITS:
-            index_path = self._local(f"{split}/index.json")
             where = f"{self.input_dir}/{split}/index.json"
-            if not index_path.is_file():
-                raise MedclassError(f"{where} does not exist; the prepared data set is incomplete: " + ADVICE)
-            held = check_index(s.read_json(index_path, "a LitData index"), where)
-            if held != meta["splits"][split]:
-                raise MedclassError(f"{where} holds {held} images but {source} lists {meta['splits'][split]}; the "
-                                    "folder was changed after preparing: " + ADVICE)
+            if folder is not None:
+                split_folder = folder / split
+                try:
+                    kind = os.lstat(split_folder).st_mode
+                except OSError:
+                    kind = 0
+                if not stat.S_ISDIR(kind):
+                    raise MedclassError(f"{split_folder} is not a folder (a link, a file or missing); the prepared "
+                                        "data set is incomplete: " + ADVICE)
+                index_path = split_folder / "index.json"
+                if not os.path.lexists(index_path):
+                    raise MedclassError(f"{where} does not exist; the prepared data set is incomplete: " + ADVICE)
+            else:
+                index_path = self._fetch(f"{split}/index.json")
+            payload = files.read_json(index_path, "a LitData index", MAX_INDEX_BYTES, follow_links=False)
+            self.chunks[split] = check_index(payload, where, self.layout, meta["splits"][split])
+            self._index[split] = payload
+            if folder is not None:
+                check_chunk_files(folder / split, self.chunks[split], where)
         return meta
 
     # -- what the base class provides for in-memory data, here from the file ----------------------------------
@@ -376,13 +671,18 @@ class StreamDataModule(ClassificationDataModule):
                                 "use augment=default (or another per-image pipeline)")
         columns, multi = self.meta["columns"], info.task == "multi-label"
         names = {name: i for i, name in enumerate(info.class_names)}
+        expected: dict[str, tuple[np.ndarray, np.ndarray]] = {}  # each split's table rows and labels, in stored order
         for split in SPLITS:
             rows = [row for row in self.meta["rows"] if row[3] == split]
             self._items[split] = [row[1] for row in rows]
-            hot = np.zeros((len(rows), len(names)), np.int64)
-            for r, row in enumerate(rows):
-                hot[r, [names[p] for p in (row[2].split(";") if multi else [row[2]]) if p]] = 1
-            self._labels[split] = encode_labels(hot if multi else hot.argmax(1)[:, None], info.task)
+            if multi:  # 0/1 per class (rows × classes bounded by the description's check)
+                labels = np.zeros((len(rows), len(names)), np.uint8)
+                for r, row in enumerate(rows):
+                    labels[r, [names[p] for p in row[2].split(";") if p]] = 1
+            else:
+                labels = np.asarray([names[row[2]] for row in rows], np.int64)
+            self._labels[split] = encode_labels(labels if multi else labels[:, None], info.task)
+            expected[split] = (np.asarray([row[0] for row in rows], np.int64), labels)
             for row in rows:
                 extra = {c: v for c, v in zip(columns[len(BASE_COLUMNS):], row[len(BASE_COLUMNS):], strict=True)}
                 if extra:
@@ -392,14 +692,24 @@ class StreamDataModule(ClassificationDataModule):
         report_duplicates(self.duplicates)  # counted by medclass-prepare
 
         def stream(split: str, transform: Any, shuffle: bool) -> Any:
-            return lit.ImageStream(f"{self.input_dir}/{split}", lit.ToSample(transform, chans, multi), shuffle=shuffle,
-                                   seed=self.seed, cache_dir=self.cache_dir, max_cache_size=self.max_cache_size)
+            where = f"{self.input_dir}/{split}/index.json"
+            guard = lit.ChunkGuard(where, self.chunks[split], self.layout, *expected[split],
+                                   remote=is_url(self.input_dir))
+            dataset = lit.ImageStream(f"{self.input_dir}/{split}", lit.ToSample(transform, chans, multi),
+                                      shuffle=shuffle, seed=self.seed, cache_dir=self.cache_dir,
+                                      max_cache_size=self.max_cache_size, guard=guard)
+            copy = lit.index_file(dataset)  # what LitData reads: the folder's own, or its copy in the cache
+            if files.read_json(copy, "a LitData index", MAX_INDEX_BYTES, follow_links=False) != self._index[split]:
+                raise MedclassError(f"{copy}, LitData's copy of {where}, differs from the index checked; delete "
+                                    f"{copy.parent} (a stale cache: data.cache_dir) and run again")
+            return dataset
 
         try:
             for split in SPLITS:
                 self.datasets[split] = stream(split, train_tf if split == "train" else plain, split == "train")
             self.datasets["train_eval"] = stream("train", plain, False)
         except MedclassError:
+            self.datasets = {}
             raise
         except Exception as err:  # what LitData says about a folder or bucket it cannot read
             self.datasets = {}
