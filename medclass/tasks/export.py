@@ -96,14 +96,15 @@ def export_safetensors(module: Classifier, path: str | Path, operating: dict[str
 
 def read_meta(text: str, source: str) -> dict[str, Any]:
     """The metadata an ONNX file carries, read as data: preprocessing through the checkpoint's data_info schema,
-    temperature, thresholds and abstention threshold through the operating file's."""
+    temperature, thresholds and abstention threshold through the operating file's. `text` is already bounded
+    (`medclass.untrusted.onnx_model.MAX_META_BYTES`); errors name `source` and the field, never the text."""
     from medclass.eval import operating_file
     from medclass.module.hparams import check_data_info
 
     try:
         raw = json.loads(text)
     except (ValueError, RecursionError) as err:
-        raise MedclassError(f"{source} is not readable JSON ({type(err).__name__}); export the model again") from err
+        raise MedclassError(f"{source} is not readable JSON ({type(err).__name__}); export the model again") from None
     if not isinstance(raw, dict):
         raise MedclassError(f"{source} is not a mapping; export the model again")
     operating = {k: raw.pop(k) for k in ("temperature", "thresholds", "abstain") if k in raw}
@@ -111,37 +112,57 @@ def read_meta(text: str, source: str) -> dict[str, Any]:
 
 
 class OnnxModel:
-    """An exported file as `probabilities = model(batch)`, with the `meta` predict.py needs."""
+    """An exported file as `probabilities = model(batch)`, with the `meta` predict.py needs.
 
-    def __init__(self, path: str | Path) -> None:
-        ort = require("onnxruntime", "onnx", "running an ONNX file (onnx_path=)")
+    The file is a stranger's data (`medclass.untrusted.onnx_model`): read once and checked (operators, tensors,
+    no external data, static shapes within a memory and work budget) before onnxruntime gets the checked bytes;
+    a probe batch must give probabilities when it is opened, and so must every batch after. A batch whose plan
+    does not fit `memory_budget` runs in smaller pieces."""
+
+    def __init__(self, path: str | Path, memory_budget: int | None = None) -> None:
+        from medclass.untrusted import onnx_model
 
         path = Path(path)
-        if not path.is_file():
+        if not path.exists():
             raise MedclassError(f"onnx_path={path} does not exist; export one with python export.py ckpt_path=<ckpt>")
-        try:
-            self.session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-        except Exception as err:
-            raise MedclassError(f"onnx_path={path} is not a loadable ONNX model ({type(err).__name__}: {err})") from err
-        props = self.session.get_modelmeta().custom_metadata_map
-        if META_KEY not in props:
-            raise MedclassError(f"onnx_path={path} carries no class names or preprocessing (metadata key "
-                                f"{META_KEY!r}); export it with python export.py ckpt_path=<ckpt>")
-        self.meta: dict[str, Any] = read_meta(props[META_KEY], f"onnx_path={path} (metadata {META_KEY!r})")
-        self.input = self.session.get_inputs()[0].name
+        self.source = f"onnx_path={path}"
+        self.budget = memory_budget or onnx_model.MEMORY_BUDGET
+        self.graph = onnx_model.read_graph(path, "onnx_path=")
+        self.meta: dict[str, Any] = read_meta(self.graph.metadata, f"{self.source} (metadata {META_KEY!r})")
+        self.shape = (self.meta["in_chans"], self.meta["image_size"], self.meta["image_size"])
+        probe = onnx_model.probe_batch(self.meta["in_chans"], self.meta["image_size"])
+        plan = self.graph.plan(1, *self.shape[:2])  # static shapes and work, before any session exists
+        if plan.output_shape != (1, len(self.meta["class_names"])) or plan.output_type != "FLOAT":
+            raise MedclassError(f"{self.source} has an output of {plan.output_type} {plan.output_shape} for one image, "
+                                f"not float32 probabilities of shape (1, {len(self.meta['class_names'])}) as its "
+                                "metadata's class names say; export the model again with export.py")
+        next(onnx_model.batch_sizes(self.graph, 1, *self.shape[:2], memory_budget=self.budget))
+        self.session = onnx_model.open_session(self.graph)
+        self.graph.data = b""  # onnxruntime holds its own copy
+        self.input = self.graph.input_name
+        self(probe, what="a probe batch (zeros and a fixed pattern) when opened")
 
-    def __call__(self, x: torch.Tensor | np.ndarray) -> np.ndarray:
+    def __call__(self, x: torch.Tensor | np.ndarray, what: str = "") -> np.ndarray:
+        from medclass.untrusted import onnx_model
+
         array = x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else x
-        try:
-            out = self.session.run(None, {self.input: np.ascontiguousarray(array, np.float32)})[0]
-        except Exception as err:  # onnxruntime's own failures (a graph that asks for 40 GB, a bad op)
-            raise MedclassError(f"the ONNX file failed to run ({type(err).__name__}: {str(err)[:200]}); export the "
-                                "model again with export.py") from err
-        expected = (len(array), len(self.meta["class_names"]))
-        if getattr(out, "shape", None) != expected or not np.isfinite(out).all():
-            raise MedclassError(f"the ONNX file returned {getattr(out, 'shape', type(out).__name__)} values, not "
-                                f"finite probabilities of shape {expected}; export the model again with export.py")
-        return out
+        array = np.ascontiguousarray(array, np.float32)
+        if array.shape[1:] != self.shape:
+            raise MedclassError(f"{self.source} takes images of {self.shape}, not {array.shape[1:]}")
+        step = next(onnx_model.batch_sizes(self.graph, len(array), *self.shape[:2], memory_budget=self.budget))
+        parts = []
+        for start in range(0, len(array), step):
+            piece = array[start : start + step]
+            self.graph.plan(len(piece), *self.shape[:2])  # every size actually run is planned first
+            try:
+                out = self.session.run(None, {self.input: piece})[0]
+            except Exception as err:  # onnxruntime's own failures; its message can quote node names
+                raise MedclassError(f"{self.source} failed to run ({type(err).__name__} in onnxruntime); export the "
+                                    "model again with export.py") from None
+            where = f"{self.source} on {what}" if what else self.source
+            parts.append(onnx_model.check_probabilities(out, len(piece), len(self.meta["class_names"]),
+                                                        self.meta["task"], where))
+        return np.concatenate(parts) if len(parts) > 1 else parts[0]
 
 
 def max_abs_difference(module: Classifier, path: str | Path, batch: int = 8, seed: int = 0) -> float:

@@ -1,0 +1,470 @@
+"""An ONNX file from someone else: checked as data before onnxruntime sees a byte of it.
+
+onnxruntime runs whatever a graph says: a `Loop` of 10^12 iterations, a `ConstantOfShape` of
+40,000 x 40,000 built from a 7 KB file (folded into 6.4 GB when the session is created), an
+initializer whose data lives in `/etc/shadow`, outputs that are not probabilities. So a file is
+accepted only if it looks like what `export.py` writes, and every cost of running it is known,
+from the file alone, before anything is allocated:
+
+- **the file**: a regular file of at most `MAX_FILE_BYTES` (1 GiB: protobuf's own limit is 2 GiB,
+  medclass's largest exports of timm backbones are a few hundred MB: VGG-16 is 0.5 GB), read
+  once through `medclass.untrusted.files.read_bytes`; the session is built from the checked
+  message itself, re-serialised without unknown fields, never from the path again (no
+  time-of-check/time-of-use, no parser differences between this check and onnxruntime).
+- **the graph's structure**: one model graph, no local functions, no training info, no sparse
+  tensors, no external data (an initializer that names a file is refused, whatever the path);
+  operators from the default ONNX domain only, and only those in `OPERATORS`: what medclass's
+  export emits for its registered networks (the CNN and timm's ResNets, VGG, EfficientNets,
+  MobileNetV3, ConvNeXt, DenseNet, RegNet, ViT/DeiT, Swin; `tests/test_untrusted_onnx.py` exports
+  them and asserts the set covers them), plus named siblings of the same kind (activations,
+  normalisations, pooling). No control flow (`Loop`, `Scan`, `If`), no operator whose output shape
+  depends on the data (`NonZero`, `Unique`, ...), no randomness, no sequences; no attribute
+  that holds a graph, anywhere. At most `MAX_NODES` nodes.
+- **tensors held in the file**: real numbers (or the integers and booleans shape arithmetic
+  uses), each one's bytes computed from its declared dims and dtype in Python integers and
+  matched against the data actually present, before anything is decoded.
+- **memory and work by construction**: ONNX strict shape inference (with shape-data
+  propagation) runs on the graph with the input fixed to the batch about to be run,
+  `(batch, in_chans, image_size, image_size)` from the file's checked metadata. Every value must
+  then have a fully static shape of real numbers: a shape that depends on the data, or that
+  inference cannot know, is refused. From those shapes the peak of the values alive at once (a
+  liveness walk in the graph's topological order, plus each convolution's im2col buffer) must
+  fit `memory_budget` (default `MEMORY_BUDGET`, 2 GiB; the batch is split until it does, and a
+  graph whose single image does not fit is refused), and the arithmetic (multiply-adds of
+  convolutions and matrix products, element counts of the rest) must stay within
+  `WORK_PER_INPUT` per input element plus `WORK_BASE` per image: about 100 times a ResNet-50's
+  cost per pixel, far below a matrix product of two 16k x 16k constants on a 28 px model. Shapes
+  are inferred again for each new batch size, so a shape that grows faster than the batch
+  (batch^8) is seen at the size that is actually run.
+- **outputs**: float32 of shape `(batch, classes)`, finite, in [0, 1], and, unless the task is
+  multi-label, rows summing to 1 (`check_probabilities`). A probe batch (zeros and a fixed
+  pattern) runs when the file is opened; every later batch is checked the same way.
+
+Error lines name the file and what was wrong; an operator is named only when it is a known ONNX
+operator, never by the file's own text.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from medclass.untrusted.files import MiB, read_bytes
+from medclass.utils.errors import MedclassError
+
+GiB = 1024 * MiB
+MAX_FILE_BYTES = 1 * GiB
+MAX_META_BYTES = 16 * MiB  # 100,000 class names of ~150 bytes; parsed JSON costs ~30 bytes a value
+MAX_NODES = 100_000  # ViT-L is about 1,500 nodes
+MEMORY_BUDGET = 2 * GiB  # estimated peak of intermediate values for one batch
+WORK_PER_INPUT = 10**7  # multiply-adds per input element (ResNet-50: ~27,000; ViT-B/16: ~120,000)
+WORK_BASE = 10**10  # plus per image: a head on a tiny input (VGG-16's 4096-wide MLP: ~1.2e8)
+KEEP_CONSTANT = 4096  # initializers up to this many elements stay in the shape plan (shape vectors)
+META_KEY = "medclass"
+OPSETS = range(11, 1000)  # the default domain's versions; the upper end is onnx's own (checked below)
+
+# What medclass's export emits (the union over the networks its tests export) ...
+EMITTED = frozenset({
+    "Add", "AveragePool", "BatchNormalization", "Clip", "Concat", "Conv", "Div", "Erf", "Expand", "Gather", "GatherND",
+    "Gemm", "HardSigmoid", "HardSwish", "LayerNormalization", "MatMul", "MaxPool", "Mul", "Pad", "ReduceMean", "Relu",
+    "Reshape", "Shape", "Sigmoid", "Slice", "Softmax", "Squeeze", "Transpose", "Unsqueeze",
+})
+# ... and siblings of the same kind: element-wise maths, activations, normalisations, pooling, reductions. Each has
+# an output shape fixed by its inputs' shapes and constant attributes, so the shape plan covers it; none builds a
+# shape from a value (no Cast, ConstantOfShape, Range, Tile or Resize: with those absent, every integer tensor in a
+# graph comes from a constant or a Shape, never from the image).
+SIBLINGS = frozenset({
+    "Abs", "Ceil", "Cos", "Elu", "Exp", "Floor", "Gelu", "GlobalAveragePool", "GlobalMaxPool", "GroupNormalization",
+    "InstanceNormalization", "LeakyRelu", "Log", "LogSoftmax", "LpNormalization", "Max", "Mean", "Min", "Mish",
+    "Neg", "PRelu", "Pow", "Reciprocal", "ReduceL2", "ReduceMax", "ReduceMin", "ReduceSum", "ReduceSumSquare",
+    "Round", "Selu", "Sign", "Sin", "Softplus", "Softsign", "Sqrt", "Sub", "Sum", "Tanh", "ThresholdedRelu",
+    "Celu", "Identity", "Flatten", "Split", "Constant",
+})
+OPERATORS = EMITTED | SIBLINGS
+# Never, whatever a survey finds: control flow, data-dependent output shapes, randomness, sequences, custom code
+FORBIDDEN = frozenset({
+    "Loop", "Scan", "If", "NonZero", "Unique", "NonMaxSuppression", "Compress", "TopK", "RandomNormal",
+    "RandomNormalLike", "RandomUniform", "RandomUniformLike", "Multinomial", "Bernoulli", "SequenceConstruct",
+    "SequenceAt", "SequenceInsert", "SplitToSequence", "ConcatFromSequence", "StringNormalizer", "TfIdfVectorizer",
+    "Optional", "OptionalGetElement",
+})
+
+# Value types a graph may hold: real numbers, and the integers and booleans of shape arithmetic
+_REAL = ("FLOAT", "FLOAT16", "BFLOAT16", "DOUBLE", "INT8", "INT16", "INT32", "INT64", "UINT8", "UINT16", "UINT32",
+         "UINT64", "BOOL")
+# Multiply-adds per output element: input channels per group x kernel (Conv), the inner dimension (Gemm, MatMul)
+_KERNEL_OPS = ("Conv",)
+_POOL_OPS = ("MaxPool", "AveragePool", "LpPool")
+
+
+class UnsafeGraph(MedclassError):
+    """An ONNX file that is not a graph medclass can run safely; the message names the file and the reason."""
+
+
+def _onnx() -> Any:
+    from medclass.utils.extras import require
+
+    return require("onnx", "onnx", "running an ONNX file (onnx_path=)")
+
+
+@dataclass
+class Plan:
+    """What one batch costs, from the shapes inferred for it."""
+
+    batch: int
+    peak_bytes: int
+    work: int
+    output_shape: tuple[int, ...]
+    output_type: str
+
+
+@dataclass
+class CheckedGraph:
+    """A file that passed the structural checks: its bytes for onnxruntime, its metadata text, and a copy of the
+    graph without the large tensors' data, for planning each batch size."""
+
+    source: str
+    data: bytes
+    metadata: str
+    input_name: str
+    output_name: str
+    skeleton: Any  # onnx.ModelProto with large initializers turned into typed inputs
+    initializer_bytes: int
+    plans: dict[int, Plan] = field(default_factory=dict)
+
+    def fail(self, what: str) -> UnsafeGraph:
+        return UnsafeGraph(f"{self.source} {what}")
+
+    def plan(self, batch: int, in_chans: int, image_size: int, memory_budget: int = MEMORY_BUDGET) -> Plan:
+        """The cost of running `batch` images, from strict shape inference with the input fixed to that size;
+        refused when a value's shape is not static or the work exceeds its bound (memory is the caller's, who
+        may split the batch)."""
+        if batch not in self.plans:
+            self.plans[batch] = _plan(self, batch, in_chans, image_size)
+        plan = self.plans[batch]
+        per_image = in_chans * image_size * image_size
+        if plan.work > batch * (WORK_BASE + WORK_PER_INPUT * per_image):
+            raise self.fail(f"needs about {plan.work:.3g} multiply-adds for {batch} image(s) of {in_chans}x"
+                            f"{image_size}x{image_size}, more than any network medclass exports "
+                            f"({WORK_BASE:g} + {WORK_PER_INPUT:g} per input value, per image)")
+        return plan
+
+
+def read_graph(path: str | Path, what: str = "onnx_path=", max_bytes: int = MAX_FILE_BYTES) -> CheckedGraph:
+    """`path` read once, parsed and checked for structure (see the module docstring); nothing is run."""
+    onnx = _onnx()
+    source = f"{what}{path}"
+    data = read_bytes(path, "ONNX file", max_bytes)
+    model = onnx.ModelProto()
+    try:
+        model.ParseFromString(data)
+    except Exception:  # protobuf's DecodeError, or a message nested past its recursion limit
+        raise UnsafeGraph(f"{source} is not a loadable ONNX model (not an ONNX protobuf message); export one with "
+                          "python export.py ckpt_path=<ckpt>") from None
+    del data
+    model.DiscardUnknownFields()  # what is checked is exactly what onnxruntime gets
+    graph = _Structure(source, model).check()
+    payload = model.SerializeToString()
+    return CheckedGraph(source, payload, graph.metadata, graph.input_name, graph.output_name, graph.skeleton(),
+                        graph.tensor_bytes)
+
+
+class _Structure:
+    """The structural checks of one parsed model (module docstring: the file's structure, its tensors)."""
+
+    def __init__(self, source: str, model: Any) -> None:
+        self.onnx = _onnx()
+        self.source, self.model, self.graph = source, model, model.graph
+        self.tensor_bytes = 0
+        self.metadata = ""
+        self.input_name = self.output_name = ""
+
+    def fail(self, what: str) -> UnsafeGraph:
+        return UnsafeGraph(f"{self.source} {what}; only graphs exported by medclass (python export.py) are run")
+
+    def check(self) -> _Structure:
+        onnx, model, graph = self.onnx, self.model, self.graph
+        if not model.HasField("graph"):
+            raise UnsafeGraph(f"{self.source} is not a loadable ONNX model (it holds no graph); export one with "
+                              "python export.py ckpt_path=<ckpt>")
+        if model.ir_version < 3 or model.ir_version > onnx.IR_VERSION:
+            raise self.fail(f"has IR version {model.ir_version}, outside the 3..{onnx.IR_VERSION} this onnx reads")
+        if len(model.functions) or len(model.training_info):
+            raise self.fail("defines its own functions or training steps")
+        for opset in model.opset_import:
+            if opset.domain not in ("", "ai.onnx"):
+                raise self.fail("imports an operator set outside the default ONNX domain")
+            if opset.version not in OPSETS or opset.version > onnx.defs.onnx_opset_version():
+                raise self.fail(f"asks for ONNX opset {opset.version}, outside {OPSETS.start}.."
+                                f"{onnx.defs.onnx_opset_version()}")
+        if len(graph.sparse_initializer):
+            raise self.fail("holds sparse initializers")
+        if len(graph.node) > MAX_NODES:
+            raise self.fail(f"has {len(graph.node):,} nodes, more than the {MAX_NODES:,} this reader takes")
+        initializers = {t.name for t in graph.initializer}
+        inputs = [i for i in graph.input if i.name not in initializers]
+        if len(inputs) != 1 or len(graph.output) != 1:
+            raise self.fail(f"has {len(inputs)} inputs and {len(graph.output)} outputs, not one image input and one "
+                            "output of probabilities")
+        for value in (*inputs, *graph.output):
+            if value.type.WhichOneof("value") != "tensor_type" or \
+                    value.type.tensor_type.elem_type != onnx.TensorProto.FLOAT:
+                raise self.fail("has an input or output that is not a float32 tensor")
+        self.input_name, self.output_name = inputs[0].name, graph.output[0].name
+        self._metadata()
+        self._tensors(graph.initializer, "an initializer")
+        for index, node in enumerate(graph.node):
+            self._node(index, node)
+        return self
+
+    def _metadata(self) -> None:
+        found = [p.value for p in self.model.metadata_props if p.key == META_KEY]
+        if not found:
+            raise UnsafeGraph(f"{self.source} carries no class names or preprocessing (metadata key {META_KEY!r}); "
+                              "export it with python export.py ckpt_path=<ckpt>")
+        if len(found) > 1:
+            raise self.fail(f"carries metadata key {META_KEY!r} {len(found)} times")
+        if len(found[0].encode()) > MAX_META_BYTES:
+            raise self.fail(f"carries {len(found[0].encode()) / MiB:.1f} MiB of metadata under {META_KEY!r}, more "
+                            f"than the {MAX_META_BYTES / MiB:g} MiB of any model's class names")
+        self.metadata = found[0]
+
+    def _node(self, index: int, node: Any) -> None:
+        where = f"node {index}"
+        if node.domain not in ("", "ai.onnx"):
+            raise self.fail(f"{where} uses an operator outside the default ONNX domain")
+        if node.op_type not in OPERATORS or node.op_type in FORBIDDEN:
+            shown = f" {node.op_type}" if self.onnx.defs.has(node.op_type) else ""  # a known name, never file text
+            raise self.fail(f"{where} is an operator{shown} that medclass's export does not emit")
+        A = self.onnx.AttributeProto
+        for attribute in node.attribute:
+            if attribute.ref_attr_name:
+                raise self.fail(f"{where} has an attribute that refers to a function's")
+            if attribute.type in (A.GRAPH, A.GRAPHS) or len(attribute.graphs) or attribute.HasField("g"):
+                raise self.fail(f"{where} holds a graph in an attribute")
+            if attribute.type in (A.SPARSE_TENSOR, A.SPARSE_TENSORS, A.TYPE_PROTO, A.TYPE_PROTOS) or \
+                    attribute.HasField("sparse_tensor") or len(attribute.sparse_tensors) or attribute.HasField("tp"):
+                raise self.fail(f"{where} holds a sparse tensor or a type in an attribute")
+            self._tensors([attribute.t] if attribute.HasField("t") else [], f"{where}'s attribute tensor")
+            self._tensors(attribute.tensors, f"{where}'s attribute tensors")
+
+    def _tensors(self, tensors: Iterable[Any], what: str) -> None:
+        """Each tensor's bytes from its dims and dtype (Python integers), matched against the data it holds;
+        no external data, whatever it names."""
+        onnx = self.onnx
+        T = onnx.TensorProto
+        for tensor in tensors:
+            if tensor.data_location == T.EXTERNAL or len(tensor.external_data) or tensor.HasField("segment"):
+                raise self.fail(f"has {what} whose data is stored outside the file (external data is refused)")
+            type_name = T.DataType.Name(tensor.data_type) if tensor.data_type in T.DataType.values() else "?"
+            if type_name not in _REAL:
+                raise self.fail(f"has {what} of type {type_name}, not real numbers")
+            if any(d < 0 for d in tensor.dims) or len(tensor.dims) > 16:
+                raise self.fail(f"has {what} with negative dimensions or more than 16 of them")
+            count = int(np.prod([int(d) for d in tensor.dims], dtype=object)) if len(tensor.dims) else 1
+            itemsize = onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type).itemsize
+            size = count * itemsize
+            if tensor.HasField("raw_data"):
+                held, expected = len(tensor.raw_data), size
+            else:
+                held, expected = len(getattr(tensor, onnx.helper.tensor_dtype_to_field(tensor.data_type))), count
+            if held != expected:
+                raise self.fail(f"has {what} that declares {count:,} values of {type_name} but holds "
+                                f"{held:,} {'bytes' if tensor.HasField('raw_data') else 'values'}")
+            self.tensor_bytes += size
+
+    def skeleton(self) -> Any:
+        """The graph with its large initializers as typed inputs (their data left out): shape inference needs
+        only their types, and the small ones hold the shape vectors that data propagation reads."""
+        onnx = self.onnx
+        graph = onnx.GraphProto(name="skeleton")
+        graph.node.extend(self.graph.node)
+        graph.input.extend(i for i in self.graph.input if i.name == self.input_name)
+        graph.output.extend(self.graph.output)
+        for tensor in self.graph.initializer:
+            count = int(np.prod([int(d) for d in tensor.dims], dtype=object)) if len(tensor.dims) else 1
+            if count <= KEEP_CONSTANT:
+                graph.initializer.append(tensor)
+            else:
+                graph.input.append(onnx.helper.make_tensor_value_info(tensor.name, tensor.data_type,
+                                                                      [int(d) for d in tensor.dims]))
+        model = onnx.helper.make_model(graph, opset_imports=list(self.model.opset_import),
+                                       ir_version=self.model.ir_version)
+        # parsed afresh: a message copied from another may share its memory (upb fuses arenas), and the file's
+        # tensors must not stay alive through the skeleton
+        return onnx.ModelProto.FromString(model.SerializeToString())
+
+
+def _static_shape(value: Any) -> tuple[tuple[int, ...], int] | None:
+    """(shape, element type) of a value whose inferred shape is fully known, else None."""
+    kind = value.type.WhichOneof("value")
+    if kind != "tensor_type" or not value.type.tensor_type.HasField("shape"):
+        return None
+    dims = value.type.tensor_type.shape.dim
+    if any(d.WhichOneof("value") != "dim_value" for d in dims):
+        return None
+    return tuple(int(d.dim_value) for d in dims), value.type.tensor_type.elem_type
+
+
+def _plan(checked: CheckedGraph, batch: int, in_chans: int, image_size: int) -> Plan:
+    """Infer every value's shape at this batch size and walk the graph: peak bytes alive and work."""
+    onnx = _onnx()
+    model = onnx.ModelProto()
+    model.CopyFrom(checked.skeleton)
+    image = next(i for i in model.graph.input if i.name == checked.input_name)
+    declared = image.type.tensor_type.shape.dim
+    wanted = (batch, in_chans, image_size, image_size)
+    if len(declared) != 4 or any(d.WhichOneof("value") == "dim_value" and d.dim_value != w
+                                 for d, w in zip(declared[1:], wanted[1:], strict=True)) or \
+            declared[0].WhichOneof("value") == "dim_value" and declared[0].dim_value not in (batch, 0):
+        raise checked.fail(f"takes an input that is not (batch, {in_chans}, {image_size}, {image_size}) with a "
+                           "dynamic batch, as its metadata says and as export.py writes it")
+    image.type.tensor_type.ClearField("shape")
+    for w in wanted:
+        image.type.tensor_type.shape.dim.add().dim_value = w
+    try:
+        onnx.checker.check_model(model)  # well formed: topological order, known operators, valid attributes
+        for output in model.graph.output:  # declared shapes are the file's word: inferred from the input alone
+            output.type.tensor_type.ClearField("shape")
+        inferred = onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True, data_prop=True)
+    except Exception as err:  # onnx's InferenceError / ValidationError: the message may quote node names
+        raise checked.fail(f"is not a consistent graph for a batch of {batch} ({type(err).__name__} from ONNX "
+                           "shape inference)") from None
+    graph = inferred.graph
+    shapes: dict[str, tuple[tuple[int, ...], int]] = {}
+    for value in (*graph.input, *graph.value_info, *graph.output):
+        static = _static_shape(value)
+        if static is not None:
+            shapes[value.name] = static
+    for tensor in graph.initializer:
+        shapes[tensor.name] = (tuple(int(d) for d in tensor.dims), tensor.data_type)
+    constants = {t.name for t in graph.initializer} | {i.name for i in graph.input if i.name != checked.input_name}
+    T = onnx.TensorProto
+
+    def nbytes(name: str) -> int:
+        dims, elem = shapes[name]
+        return int(np.prod(dims, dtype=object)) * onnx.helper.tensor_dtype_to_np_dtype(elem).itemsize
+
+    def elements(name: str) -> int:
+        return int(np.prod(shapes[name][0], dtype=object))
+
+    last_use: dict[str, int] = {}
+    for index, node in enumerate(graph.node):
+        for name in node.input:
+            last_use[name] = index
+    last_use[checked.output_name] = len(graph.node)
+    alive = {checked.input_name: nbytes(checked.input_name)}
+    peak = work = 0
+    for index, node in enumerate(graph.node):
+        for name in node.output:
+            if not name:
+                continue
+            if name not in shapes:
+                raise checked.fail(f"has a value (output of node {index}) whose shape cannot be known before "
+                                   f"running: it depends on the data, which medclass's export never does")
+            if T.DataType.Name(shapes[name][1]) not in _REAL:
+                raise checked.fail(f"has a value (output of node {index}) that is not real numbers")
+            alive[name] = nbytes(name)
+        inputs = [n for n in node.input if n]
+        out = sum(elements(n) for n in node.output if n)
+        workspace = 0
+        if node.op_type in _KERNEL_OPS and len(inputs) > 1:
+            weight = shapes[inputs[1]][0]  # (out channels, in channels / group, *kernel)
+            per_output = int(np.prod(weight[1:], dtype=object))
+            work += out * per_output
+            out_spatial = int(np.prod(shapes[node.output[0]][0][2:], dtype=object))
+            workspace = per_output * out_spatial * 4  # im2col: one image's columns, float32
+        elif node.op_type in ("Gemm", "MatMul") and len(inputs) > 1:
+            a = shapes[inputs[0]][0]
+            transposed = any(x.name == "transA" and x.i for x in node.attribute)
+            inner = (a[-2] if transposed and len(a) > 1 else a[-1]) if a else 1
+            work += out * max(int(inner), 1)
+        elif node.op_type in _POOL_OPS:
+            kernel = next((list(x.ints) for x in node.attribute if x.name == "kernel_shape"), [1])
+            work += out * int(np.prod(kernel, dtype=object))
+        else:
+            work += out + sum(elements(n) for n in inputs if n in shapes)
+        peak = max(peak, sum(alive.values()) + workspace)
+        for name in {*inputs, *node.output}:
+            if name in alive and last_use.get(name, -1) <= index and name not in constants:
+                del alive[name]
+    output = shapes.get(checked.output_name)
+    if output is None:
+        raise checked.fail("has an output whose shape cannot be known before running")
+    return Plan(batch, peak, work, output[0], T.DataType.Name(output[1]))
+
+
+def batch_sizes(checked: CheckedGraph, batch: int, in_chans: int, image_size: int,
+                memory_budget: int = MEMORY_BUDGET) -> Iterator[int]:
+    """The largest sub-batch size not above `batch` whose plan fits `memory_budget` (halving), or refused when
+    even one image does not fit."""
+    size = batch
+    while True:
+        plan = checked.plan(size, in_chans, image_size)
+        if plan.peak_bytes <= memory_budget:
+            yield size
+            return
+        if size == 1:
+            raise checked.fail(f"needs about {plan.peak_bytes / GiB:.1f} GiB of memory for one image of "
+                               f"{in_chans}x{image_size}x{image_size}, more than the {memory_budget / GiB:g} GiB "
+                               "budget")
+        size = max(1, size // 2)
+
+
+def check_probabilities(out: Any, batch: int, classes: int, task: str, source: str) -> np.ndarray:
+    """`out` when it is float32 probabilities of shape (batch, classes): finite, in [0, 1], and rows summing to
+    1 unless the task is multi-label; otherwise one line naming `source`."""
+    expected = (batch, classes)
+    if not isinstance(out, np.ndarray) or out.dtype != np.float32 or out.shape != expected:
+        shown = f"{out.dtype} of shape {out.shape}" if isinstance(out, np.ndarray) else "not an array"
+        raise UnsafeGraph(f"{source} returned {shown}, not float32 probabilities of shape {expected}")
+    if not np.isfinite(out).all():
+        raise UnsafeGraph(f"{source} returned values that are not finite (NaN or infinity), not probabilities")
+    if out.size and (out.min() < -1e-6 or out.max() > 1 + 1e-6):
+        raise UnsafeGraph(f"{source} returned values outside [0, 1] (from {out.min():.3g} to {out.max():.3g}), "
+                          "not probabilities")
+    if task != "multi-label" and out.size and np.abs(out.sum(axis=1, dtype=np.float64) - 1).max() > 1e-3:
+        raise UnsafeGraph(f"{source} returned rows that do not sum to 1 ({task}: one probability per class)")
+    return out
+
+
+def probe_batch(in_chans: int, image_size: int) -> np.ndarray:
+    """The fixed input a file must answer with valid probabilities when opened: zeros, and a pattern across
+    the normalised range (a checkerboard of ramps from -3 to 3)."""
+    ramp = np.linspace(-3.0, 3.0, image_size * image_size, dtype=np.float32).reshape(image_size, image_size)
+    checker = np.where((np.add.outer(np.arange(image_size), np.arange(image_size)) % 2) == 0, 1.0, -1.0)
+    pattern = np.broadcast_to((ramp * checker).astype(np.float32), (in_chans, image_size, image_size))
+    return np.stack([np.zeros_like(pattern), pattern])
+
+
+def threads() -> int:
+    """The cores this process may run on (its affinity, not the machine's count)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
+
+
+def open_session(checked: CheckedGraph) -> Any:
+    """An onnxruntime session on the CPU, built from the checked bytes (never the path), with threads bounded to
+    this process's cores and allocations made as planned (no arena that keeps the peak)."""
+    from medclass.utils.extras import require
+
+    ort = require("onnxruntime", "onnx", "running an ONNX file (onnx_path=)")
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads()
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.enable_cpu_mem_arena = False
+    options.log_severity_level = 3
+    options.add_session_config_entry("session.load_model_format", "ONNX")
+    try:
+        return ort.InferenceSession(checked.data, options, providers=["CPUExecutionProvider"])
+    except Exception as err:  # its message can quote node names: the type only
+        raise UnsafeGraph(f"{checked.source} is not a loadable ONNX model (onnxruntime: {type(err).__name__}); "
+                          "export it again with python export.py ckpt_path=<ckpt>") from None
