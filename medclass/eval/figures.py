@@ -3,14 +3,26 @@
 from __future__ import annotations
 
 import csv
-from collections.abc import Sequence
+import io
+import logging
+import math
+import os
+import stat
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
 from matplotlib.figure import Figure  # not pyplot: no global figure registry, no display backend
 from sklearn.metrics import roc_curve
 
+from medclass.untrusted.files import Refused, read_bytes
+
 CURVES = {"loss": ("train/loss_epoch", "val/loss"), "accuracy": ("train/acc", "val/acc")}
+# a run's csv/metrics.csv (Lightning's CSVLogger: a row per logging step, ~100 bytes): far above a long training,
+# far below what would cost eval minutes (a run folder may be someone else's)
+MAX_LOG_BYTES = 128 * 2**20
+MAX_LOG_LINE = 1 * 2**20
+MAX_LOG_LINES = 2_000_000
 
 
 def confusion_figure(counts: Sequence[Sequence[int]] | np.ndarray, class_names: Sequence[str],
@@ -92,14 +104,55 @@ def read_history(run_dir: Path) -> dict[str, tuple[list[int], list[float]]]:
                 for event in acc.Scalars(tag):
                     steps.append(event.step)
                     values.append(event.value)
-    elif (run_dir / "csv" / "metrics.csv").is_file():
-        with open(run_dir / "csv" / "metrics.csv") as f:
-            for row in csv.DictReader(f):
-                for tag in tags:
-                    if row.get(tag):
-                        steps, values = history.setdefault(tag, ([], []))
-                        steps.append(int(row["step"]))
-                        values.append(float(row[tag]))
+    elif os.path.lexists(run_dir / "csv" / "metrics.csv"):
+        history = read_csv_log(run_dir / "csv" / "metrics.csv", tags)
+    return history
+
+
+def _log_lines(text: io.TextIOBase) -> Iterator[str]:
+    """The log's physical lines, each read with a size limit, all of them (blank ones too) counted."""
+    for number in range(1, MAX_LOG_LINES + 2):
+        line = text.readline(MAX_LOG_LINE + 1)
+        if not line:
+            return
+        if number > MAX_LOG_LINES or len(line) > MAX_LOG_LINE:
+            raise Refused(f"more than {MAX_LOG_LINES:,} lines or a line over {MAX_LOG_LINE:,} characters")
+        yield line
+
+
+def read_csv_log(path: Path, tags: Sequence[str]) -> dict[str, tuple[list[int], list[float]]]:
+    """`tags` per step from a CSVLogger file, read as data (`medclass.untrusted.files`: a regular file, no link
+    followed, neither the file nor its `csv/` folder, bounded bytes and lines). A cell that is not a finite number
+    is skipped; a file past a bound gives no curves (a warning says why), never a traceback."""
+    history: dict[str, tuple[list[int], list[float]]] = {}
+    try:
+        if stat.S_ISLNK(os.lstat(path.parent).st_mode):
+            raise Refused(f"{path.parent.name}/ is a symbolic link; links are not followed here")
+        data = read_bytes(path, "training log", MAX_LOG_BYTES, follow_links=False)
+        reader = csv.reader(_log_lines(io.TextIOWrapper(io.BytesIO(data), encoding="utf-8", newline="")))
+        header = next(reader, [])
+        columns = {tag: header.index(tag) for tag in tags if tag in header}
+        step_at = header.index("step") if "step" in header else None
+        for row in reader:
+            try:
+                step = int(row[step_at]) if step_at is not None and step_at < len(row) else None
+            except ValueError:
+                continue
+            for tag, at in columns.items():
+                if step is None or at >= len(row) or not row[at]:
+                    continue
+                try:
+                    value = float(row[at])
+                except ValueError:
+                    continue
+                if math.isfinite(value):
+                    steps, values = history.setdefault(tag, ([], []))
+                    steps.append(step)
+                    values.append(value)
+    except (Refused, OSError, csv.Error, UnicodeDecodeError) as err:
+        message = str(err).replace(str(path), path.name) if isinstance(err, Refused) else type(err).__name__
+        logging.getLogger("medclass").warning("no training curves: %s is not read (%s)", path.name, message[:300])
+        return {}
     return history
 
 

@@ -19,7 +19,10 @@ The facts come from files, read as data and never run:
 - the versions of Python and the packages installed where the card is written.
 
 A file that is missing, a symbolic link, too large or unreadable gives "not recorded" for its facts, never a
-crash. Text taken from files goes into code blocks or escaped table cells, so it shows as text.
+crash. Every file of the run folder is read through `medclass.untrusted.files`: a regular file only (no FIFO,
+device or `/proc` entry), no link followed (neither the file nor `.hydra/`), and at most its bound of bytes, lines
+and distinct values, so a stranger's run folder costs seconds and megabytes. Text taken from files goes into code
+blocks or escaped table cells, so it shows as text.
 """
 
 from __future__ import annotations
@@ -28,17 +31,21 @@ import csv
 import datetime as dt
 import hashlib
 import importlib.metadata
+import io
 import json
 import math
+import os
 import platform
 import re
 import shlex
-from collections.abc import Mapping
+import stat
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from medclass.untrusted.files import MiB, Refused, check_regular, read_bytes, read_json, system_path
 from medclass.utils.errors import MedclassError
 from medclass.utils.io import read_cell, write_text
 
@@ -47,6 +54,14 @@ NOT_RECORDED = "not recorded"
 SECTIONS = ("Model details", "Intended use", "Factors", "Metrics", "Evaluation data", "Training data",
             "Quantitative analyses", "Ethical considerations", "Caveats and recommendations")
 MAX_YAML_BYTES = 4 * 2**20  # a run's config.yaml is a few kB
+# split.csv: one row per image. MIMIC-CXR's 377k images with patient groups and a few extra columns come to
+# ~70 MB; the bounds leave room above that and keep a hostile file (700 MB of newlines) to a second of work
+MAX_SPLIT_BYTES = 256 * MiB
+MAX_SPLIT_LINE = 1 * MiB  # characters of one line (a row of 1,000 columns of 1,000 characters)
+MAX_SPLIT_LINES = 4_000_000  # physical lines, blank ones included (each costs a loop even when skipped)
+MAX_SPLIT_LABELS = 40_000_000  # class names counted in all (multi-label rows name several)
+MAX_SPLITS = 100  # distinct values of the split column (train, val, test)
+MAX_SPLIT_CLASSES = 200_000  # distinct (split, class) counts kept
 MAX_NODES = 5_000  # values shown from a config: enough for any real one, bounded for a hostile one (YAML aliases)
 SOFTWARE = ("torch", "lightning", "medclass", "timm", "torchvision", "numpy", "scikit-learn", "hydra-core")
 # the parts of a run's config.yaml that describe how the model was trained (dotted keys, shown when present)
@@ -63,43 +78,69 @@ HEADLINE = (("accuracy", "accuracy"), ("balanced_accuracy", "balanced accuracy")
 # -- reading files as data ----------------------------------------------------------------------------------------
 
 def _plain_file(path: Path | None, max_bytes: int) -> tuple[Path | None, str]:
-    """(the path, "") when it is a regular file (not a link) of at most `max_bytes`; (None, why not) else."""
+    """(the path, "") when it is a regular file (not a link, nor in a linked `.hydra/`) of at most `max_bytes`;
+    (None, why not) else. Judged with `lstat`, nothing followed; the read itself goes through
+    `medclass.untrusted.files`, which checks the same on the open file."""
     if path is None:
         return None, NOT_RECORDED
     try:
-        if path.is_symlink():
-            return None, f"{NOT_RECORDED} ({path.name} is a symbolic link, not read)"
-        if not path.is_file():
-            return None, NOT_RECORDED
-        if path.stat().st_size > max_bytes:
-            return None, f"{NOT_RECORDED} ({path.name} is larger than {max_bytes >> 20} MB)"
+        if path.parent.name == ".hydra" and path.parent.is_symlink():
+            return None, f"{NOT_RECORDED} (.hydra is a symbolic link, not read)"
+        info = os.lstat(path)
+    except FileNotFoundError:
+        return None, NOT_RECORDED
     except OSError as err:
         return None, f"{NOT_RECORDED} ({path.name}: {type(err).__name__})"
+    if stat.S_ISLNK(info.st_mode):
+        return None, f"{NOT_RECORDED} ({path.name} is a symbolic link, not read)"
+    if not stat.S_ISREG(info.st_mode) or system_path(path):
+        return None, f"{NOT_RECORDED} ({path.name} is not a regular file)"
+    if info.st_size > max_bytes:
+        return None, f"{NOT_RECORDED} ({path.name} is larger than {max_bytes >> 20} MB)"
     return path, ""
 
 
-def _read_yaml(path: Path | None) -> tuple[Any, str]:
-    """(the YAML file's content as plain values, "") or (None, why not): `yaml.safe_load` only, so tags that
-    would build Python objects are refused and `${...}` stays the text it is."""
-    found, why = _plain_file(path, MAX_YAML_BYTES)
+def _refused(err: Refused, path: Path) -> str:
+    """A reader's refusal as the card's note: the file by its name (the run folder is named in the card)."""
+    return f"{NOT_RECORDED} ({str(err).replace(str(path), path.name).strip()[:200]})"
+
+
+def _read_file(path: Path | None, max_bytes: int) -> tuple[bytes | None, str]:
+    """(the bytes of a regular file of the run folder, "") or (None, why not); never a link, a pipe or `/proc`."""
+    found, why = _plain_file(path, max_bytes)
     if found is None:
         return None, why
     try:
-        return yaml.safe_load(found.read_text(encoding="utf-8")), ""
-    except (yaml.YAMLError, UnicodeDecodeError, RecursionError, OSError) as err:
-        return None, f"{NOT_RECORDED} ({found.name} is not readable YAML data: {type(err).__name__})"
+        return read_bytes(found, "", max_bytes, follow_links=False), ""
+    except Refused as err:
+        return None, _refused(err, found)
+
+
+def _read_yaml(path: Path | None) -> tuple[Any, str]:
+    """(the YAML file's content as plain values, "") or (None, why not): safe loading only (libyaml's when
+    installed, ten times faster on a large file), so tags that would build Python objects are refused and `${...}`
+    stays the text it is."""
+    data, why = _read_file(path, MAX_YAML_BYTES)
+    if data is None:
+        return None, why
+    try:
+        return yaml.load(data.decode("utf-8"), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader)), ""
+    except (yaml.YAMLError, UnicodeDecodeError, RecursionError, ValueError) as err:
+        return None, f"{NOT_RECORDED} ({path.name} is not readable YAML data: {type(err).__name__})"
 
 
 def _read_json(path: Path | None) -> tuple[Any, str]:
+    """(a JSON file's values, "") or (None, why not); NaN and Infinity are read, and dropped where numbers are
+    shown (`_num`)."""
     from medclass.utils import schema
 
     found, why = _plain_file(path, schema.MAX_JSON_BYTES)
     if found is None:
         return None, why
     try:
-        return schema.read_json(found, found.name), ""
-    except (MedclassError, OSError) as err:
-        return None, f"{NOT_RECORDED} ({found.name}: {str(err)[:200]})"
+        return read_json(found, "", schema.MAX_JSON_BYTES, follow_links=False), ""
+    except Refused as err:
+        return None, _refused(err, found)
 
 
 def _get(tree: Any, *keys: Any) -> Any:
@@ -160,11 +201,27 @@ def _bounded(value: Any, budget: list[int], depth: int = 0) -> Any:
 
 
 def sha256(path: Path, chunk: int = 2**20) -> str:
-    """The file's SHA-256, read in 1 MB pieces."""
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        while block := f.read(chunk):
+    """The file's SHA-256, read in 1 MB pieces (a checkpoint may be gigabytes: streamed, never held). The file is
+    opened as `medclass.untrusted.files.read_bytes` opens one (no link followed, no wait on a pipe) and must be a
+    regular file outside `/proc`; it is read up to the size it had when opened, so a growing file is refused."""
+    check_regular(path, "checkpoint", follow_links=False)
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+    try:
+        fd = os.open(path, flags)
+    except OSError as err:
+        raise Refused(f"checkpoint {path} cannot be read ({err.strerror or type(err).__name__})") from None
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise Refused(f"checkpoint {path} is not a regular file")
+        digest, left = hashlib.sha256(), info.st_size
+        while block := os.read(fd, min(chunk, left + 1)):
+            left -= len(block)
+            if left < 0:
+                raise Refused(f"checkpoint {path} grew while being read")
             digest.update(block)
+    finally:
+        os.close(fd)
     return digest.hexdigest()
 
 
@@ -176,8 +233,12 @@ def _checkpoint_facts(checkpoint: Path) -> dict[str, Any]:
     if found is None:
         facts["sha256"] = why if why != NOT_RECORDED else f"{NOT_RECORDED} (no file at {checkpoint})"
         return facts
-    facts["sha256"] = sha256(found)
-    facts["bytes"] = found.stat().st_size
+    try:
+        facts["sha256"] = sha256(found)
+        facts["bytes"] = found.stat().st_size
+    except (Refused, OSError) as err:
+        facts["sha256"] = _refused(err, found) if isinstance(err, Refused) else f"{NOT_RECORDED} ({type(err).__name__})"
+        return facts
     if found.suffix == ".ckpt":  # what Lightning saved beside the weights: read as data, weights only
         from medclass.module.checkpoint import read_checkpoint
 
@@ -230,31 +291,67 @@ def _config_facts(run_dir: Path | None) -> dict[str, Any]:
     return out
 
 
+class _TooMuch(Exception):
+    """A bound of split.csv passed: the counts are not shown (the message says which bound)."""
+
+
+def _lines(text: io.TextIOBase) -> Iterator[str]:
+    """split.csv's physical lines for the csv reader, each read with a size limit and all of them counted (blank
+    ones too: 700 MB of newlines would otherwise be minutes of skipping)."""
+    for number in range(1, MAX_SPLIT_LINES + 2):
+        line = text.readline(MAX_SPLIT_LINE + 1)
+        if not line:
+            return
+        if number > MAX_SPLIT_LINES:
+            raise _TooMuch(f"more than {MAX_SPLIT_LINES:,} lines")
+        if len(line) > MAX_SPLIT_LINE:
+            raise _TooMuch(f"line {number} is longer than {MAX_SPLIT_LINE:,} characters")
+        yield line
+
+
 def _split_counts(run_dir: Path | None) -> dict[str, Any]:
-    """Images per split and class (and patient groups per split) from the run's split.csv."""
-    found, why = _plain_file(run_dir / "split.csv" if run_dir else None, 2**40)
-    if found is None:
+    """Images per split and class (and patient groups per split) from the run's split.csv, read within bounds of
+    bytes, lines, line length, class names and distinct values; past one, the counts are "not shown"."""
+    data, why = _read_file(run_dir / "split.csv" if run_dir else None, MAX_SPLIT_BYTES)
+    if data is None:
         return {"note": why}
     counts: dict[str, dict[str, int]] = {}
     images: dict[str, int] = {}
     groups: dict[str, set[str]] = {}
     columns: list[str] = []
     try:
-        with found.open(newline="", encoding="utf-8") as f:
-            reader = csv.DictReader(f)
-            columns = [read_cell(c) for c in (reader.fieldnames or [])]
-            if not {"label", "split"} <= set(columns):
-                return {"note": f"{NOT_RECORDED} (split.csv has no label and split columns)"}
-            raw = {read_cell(c): c for c in reader.fieldnames or []}
-            for row in reader:
-                split = read_cell(row.get(raw["split"]) or "")
-                images[split] = images.get(split, 0) + 1
-                per = counts.setdefault(split, {})
-                for name in filter(None, read_cell(row.get(raw["label"]) or "").split(";")):
-                    per[name] = per.get(name, 0) + 1
-                if "group" in raw:
-                    groups.setdefault(split, set()).add(read_cell(row.get(raw["group"]) or ""))
-    except (csv.Error, UnicodeDecodeError, OSError) as err:
+        text = io.TextIOWrapper(io.BytesIO(data), encoding="utf-8-sig", newline="")  # decoded a block at a time
+        reader = csv.reader(_lines(text))
+        header = next(reader, [])
+        columns = [read_cell(c) for c in header]
+        if not {"label", "split"} <= set(columns):
+            return {"note": f"{NOT_RECORDED} (split.csv has no label and split columns)"}
+        at = {name: columns.index(name) for name in ("label", "split", "group") if name in columns}
+        labels_seen = classes = 0
+        for row in reader:
+            if not row:
+                continue
+            cell = {name: read_cell(row[i]) if i < len(row) else "" for name, i in at.items()}
+            split = cell["split"]
+            if split not in images and len(images) >= MAX_SPLITS:
+                raise _TooMuch(f"more than {MAX_SPLITS} distinct splits")
+            images[split] = images.get(split, 0) + 1
+            per = counts.setdefault(split, {})
+            names = [name for name in cell["label"].split(";") if name]
+            labels_seen += len(names)
+            if labels_seen > MAX_SPLIT_LABELS:
+                raise _TooMuch(f"more than {MAX_SPLIT_LABELS:,} class names")
+            for name in names:
+                if name not in per:
+                    classes += 1
+                    if classes > MAX_SPLIT_CLASSES:
+                        raise _TooMuch(f"more than {MAX_SPLIT_CLASSES:,} distinct classes")
+                per[name] = per.get(name, 0) + 1
+            if "group" in at:
+                groups.setdefault(split, set()).add(cell["group"])
+    except _TooMuch as err:
+        return {"note": f"{NOT_RECORDED} (split.csv holds {err}; counts not shown)"}
+    except (csv.Error, UnicodeDecodeError, ValueError) as err:
         return {"note": f"{NOT_RECORDED} (split.csv is not readable: {type(err).__name__})"}
     extra_columns = [c for c in columns if c not in ("path", "label", "split", "group")]
     return {"note": "from the run's split.csv", "images": images, "per_class": counts,

@@ -187,8 +187,8 @@ def check_group_choices(argv: Sequence[str], conf: Path = CONF) -> None:
         options = sorted({p.stem for root in (conf, *extra) for p in (root / group).glob("*.yaml")})
         for value in values:
             if value != "null" and value not in options:
-                print(f"error: {group}={value} is not an option; {group} options: {', '.join(options)}",
-                      file=sys.stderr)
+                print("error: " + console_text(f"{group}={value} is not an option; {group} options: "
+                                               f"{', '.join(options)}"), file=sys.stderr)
                 sys.exit(2)
 
 
@@ -200,8 +200,8 @@ def check_output_folder(argv: Sequence[str]) -> None:
     path = Path(folder.split("$")[0] or ".").expanduser().absolute()  # up to the first interpolation
     existing = next(p for p in (path, *path.parents) if p.exists())
     if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
-        print(f"error: cannot create the run folder {folder}: {existing} is not a writable folder; "
-              f"choose another {key}", file=sys.stderr)
+        print("error: " + console_text(f"cannot create the run folder {folder}: {existing} is not a writable folder; "
+                                       f"choose another {key}"), file=sys.stderr)
         sys.exit(2)
 
 
@@ -211,7 +211,7 @@ def check_extras(argv: Sequence[str]) -> None:
 
     missing = missing_for_choices(group_choices(argv))
     if missing:
-        print(f"error: {missing}", file=sys.stderr)
+        print(f"error: {console_text(missing)}", file=sys.stderr)
         sys.exit(2)
 
 
@@ -271,12 +271,12 @@ def check_grammar(argv: Sequence[str]) -> None:
             lines = [line.strip() for line in str(err).splitlines() if line.strip()]
             detail = next((line for line in lines[1:] if not line.startswith(("See ", "^"))), lines[0])
             hint = quote if any(c in value for c in "()[]{},~\\'\" :=") else ""
-            print(f"error: cannot read the override '{override}' ({detail.split(' expecting ')[0]}){hint}",
-                  file=sys.stderr)
+            print("error: " + console_text(f"cannot read the override '{override}' "
+                                           f"({detail.split(' expecting ')[0]}){hint}"), file=sys.stderr)
             sys.exit(2)
         if parsed.is_sweep_override() and not args.multirun and not key.startswith(("hydra.", "+hydra.")):
-            print(f"error: '{override}' is a sweep: add -m to run one job per value, write a list as "
-                  f"{key}=[{value}], or keep it as text{quote}", file=sys.stderr)
+            print("error: " + console_text(f"'{override}' is a sweep: add -m to run one job per value, write a list "
+                                           f"as {key}=[{value}], or keep it as text{quote}"), file=sys.stderr)
             sys.exit(2)
 
 
