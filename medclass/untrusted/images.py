@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import logging
 import math
 import os
 import re
@@ -209,13 +210,22 @@ def to_uint8(array: np.ndarray, transform: Transform | None = None) -> np.ndarra
 
 
 # -- Pillow ---------------------------------------------------------------------------------------------------------
+def _opened(fp: IO[bytes], path: Path, formats: list[str]) -> Image.Image:
+    """`Image.open` on the open file (the header only); an unknown format named by the path, as Pillow names it
+    when given a path rather than a file object."""
+    try:
+        return Image.open(fp, formats=formats)
+    except Image.UnidentifiedImageError:
+        raise Image.UnidentifiedImageError(f"cannot identify image file {str(path)!r}") from None
+
+
 def read_pil(path: Path) -> np.ndarray:
     """A PNG, JPEG, BMP or TIFF file (frame 0) as uint8 (H, W) or (H, W, 3), after the header is held to the budget."""
     path = Path(path)
     budget = budget_bytes()
     Image.init()
     formats = [f for f in PIL_FORMATS if f in Image.ID]
-    with open_image_file(path) as fp, pillow_limits(path, budget), Image.open(fp, formats=formats) as img:
+    with open_image_file(path) as fp, pillow_limits(path, budget), _opened(fp, path, formats) as img:
         width, height = img.size
         per_pixel = pil_pixel_bytes(img.mode)
         check_budget(path, f"{width} x {height} pixels of mode {img.mode} ({per_pixel} bytes each)",
@@ -321,6 +331,19 @@ def _inflated(fp: HeaderBudget, path: Path, meta: Any, budget: int) -> io.BytesI
     return io.BytesIO(whole)
 
 
+@contextlib.contextmanager
+def _pydicom_quiet() -> Iterator[None]:
+    """pydicom logs a decoder's failure at ERROR with its traceback before raising; the raise is what the caller
+    reports (one line in skipped.csv), so the log record would only put a traceback on the user's console."""
+    logger = logging.getLogger("pydicom")  # its modules' loggers inherit this level
+    before = logger.level
+    logger.setLevel(logging.CRITICAL + 1)
+    try:
+        yield
+    finally:
+        logger.setLevel(before)
+
+
 def _integer(ds: Any, keyword: str, path: Path, default: int | None = None) -> int:
     """A whole number of the image pixel module, at least 1 (0 rows or 0 bits is no image)."""
     value = ds.get(keyword)
@@ -359,7 +382,7 @@ def read_dicom(path: Path) -> np.ndarray:
 
     path = Path(path)
     budget = budget_bytes()
-    with open_image_file(path) as raw, pillow_limits(path, budget):
+    with open_image_file(path) as raw, pillow_limits(path, budget), _pydicom_quiet():
         fp = HeaderBudget(raw, path, budget)
         with fp.refusal():
             read_preamble(fp, force=False)  # type: ignore[arg-type]  # not DICOM: InvalidDicomError, unreadable
@@ -377,7 +400,10 @@ def read_dicom(path: Path) -> np.ndarray:
                      f"{f' of {frames}' if frames > 1 else ''})", rows * columns * samples * per_sample, budget)
         fp.cap = None  # the header is within its cap; the frame is within the budget
         fp.seek(0)
-        pixels = pixel_array(fp, index=frames // 2 if frames > 1 else None)  # type: ignore[arg-type]
+        try:
+            pixels = pixel_array(fp, index=frames // 2 if frames > 1 else None)  # type: ignore[arg-type]
+        except RuntimeError as err:  # "Unable to decode ... all available plugins:\n  pydicom: ...": one line
+            raise RuntimeError(" ".join(str(err).split())) from None
     image = to_uint8(pixels, _grey_levels(ds) if samples == 1 else None)
     if ds.get("PhotometricInterpretation", "") == "MONOCHROME1":
         image = 255 - image
