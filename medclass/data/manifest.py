@@ -9,11 +9,14 @@ augmentation, keyed splits): a manifest is a file list with labels, optionally w
 study id per image (`group`: splits never divide a group) and a fixed split per image (`split`:
 train, val or test, kept as given; empty cells are drawn). Other columns (age, site, view, ...) are
 carried into the run's split.csv beside each image.
+
+The CSV is read through `medclass.untrusted.tables.read_table` (bounded bytes, columns, lines and cells), and
+an error names the file, the line and the column, never what a cell holds. A label is any text
+(`T1/T2`, `grade 2.5`, `N/A`, `=cmd`, `Ödem`): the set every reader of the trained model accepts.
 """
 
 from __future__ import annotations
 
-import csv
 from pathlib import Path
 from typing import Any
 
@@ -22,8 +25,10 @@ import numpy as np
 from medclass.data.base import DataInfo
 from medclass.data.folder import FolderDataModule
 from medclass.data.scan import Scan, admit
-from medclass.data.splits import multilabel_strata
+from medclass.data.splits import SPLIT_NAMES, multilabel_strata
+from medclass.untrusted.tables import CLASS_NAME, MAX_CLASS_NAME, read_table
 from medclass.utils.errors import MedclassError
+from medclass.utils.schema import Invalid
 
 REQUIRED = ("path", "label")
 
@@ -41,35 +46,39 @@ class ManifestDataModule(FolderDataModule):
         self.multi_label = multi_label  # None: multi-label when some row names several classes
         super().__init__(root=str(self.manifest.parent), name=name or self.manifest.stem, **kwargs)
 
-    def _label(self, raw: str, line: int, path: str) -> str:
-        """A row's label, multi-label names deduplicated and sorted (`b;a` and `a;b` are one label)."""
+    def _label(self, raw: str, line: int) -> str:
+        """A row's label, multi-label names deduplicated and sorted (`b;a` and `a;b` are one label). Errors name
+        the line, never the cell: the manifest may have been named by another file."""
         names = sorted({name.strip() for name in raw.split(";") if name.strip()})
         if len(names) > 1 and self.multi_label is False:
-            raise MedclassError(f"{self.manifest} line {line}: {raw!r} names several classes but "
-                                "data.multi_label=false; give one class per row or set data.multi_label=true")
+            raise MedclassError(f"{self.manifest} line {line}: the label names several classes (joined with ';') "
+                                "but data.multi_label=false; give one class per row or set data.multi_label=true")
         if not names and not self.multi_label:
-            raise MedclassError(f"{self.manifest} line {line}: no label for {path!r} (for multi-label data with "
-                                "images showing none of the classes, set data.multi_label=true)")
+            raise MedclassError(f"{self.manifest} line {line}: no label (for multi-label data with images showing "
+                                "none of the classes, set data.multi_label=true)")
         return ";".join(names)
 
     def collect(self) -> dict[str, Scan]:
         if not self.manifest.is_file():
             raise MedclassError(f"data.manifest={self.manifest} is not a file; give a CSV with columns path,label "
                                 "(and optionally group, split)")
-        with self.manifest.open(newline="") as f:
-            reader = csv.DictReader(f)
-            columns = reader.fieldnames or []
-            missing = [c for c in REQUIRED if c not in columns]
-            if missing:
-                raise MedclassError(f"{self.manifest} has no column {', '.join(missing)} (has {', '.join(columns)}); "
-                                    "a manifest needs path,label and may add group and split")
-            records = list(reader)
+        table = read_table(self.manifest, "data.manifest", REQUIRED,
+                           hint="a manifest needs path,label and may add group and split")
+        columns = [c for c in dict.fromkeys(table.columns) if c]
         group_column = self.group_by if self.group_by in columns else ("group" if "group" in columns and
                                                                         not self.group_by else None)
+        if self.group_by and group_column is None and self.group_by.isidentifier():  # else: a regex on the path
+            raise MedclassError(f"data.group_by={self.group_by!r} is not a column of {self.manifest} ({len(columns)} "
+                                "named columns in its header) nor a regex with a special character")
+        extra_columns = [c for c in columns if c not in (*REQUIRED, "split", group_column)]
         scan, seen = Scan(), {}
-        for line, record in enumerate(records, start=2):
-            label = self._label(record.get("label") or "", line, record.get("path") or "")
-            path = self.root / (record.get("path") or "").strip()
+        first_line: dict[str, int] = {}  # each class name once, with the line it first appears on
+        for row in table.rows:
+            record = table.record(row)
+            label = self._label(record["label"], row.line)
+            for name in label.split(";"):
+                first_line.setdefault(name, row.line)
+            path = self.root / record["path"].strip()
             digest, reason = admit(path, self.root, label, seen) if path.is_file() else ("", "missing file")
             if reason:
                 scan.skipped.append((path, reason))
@@ -78,25 +87,33 @@ class ManifestDataModule(FolderDataModule):
             scan.labels.append(label)
             scan.digests.append(digest)
             if group_column:
-                group = (record.get(group_column) or "").strip()
+                group = record[group_column].strip()
                 if not group:
-                    raise MedclassError(f"{self.manifest} line {line}: empty {group_column!r} for {record['path']!r};"
-                                        " every row needs its group (patient or study id)")
+                    raise MedclassError(f"{self.manifest} line {row.line}: empty {group_column!r}; every row needs "
+                                        "its group (patient or study id)")
                 scan.groups.append(group)
             if "split" in columns:
-                scan.given.append((record.get("split") or "").strip().lower())
-            extra = {c: record.get(c) or "" for c in columns if c not in (*REQUIRED, "split", group_column)}
-            if extra:
-                scan.extra.append(extra)
+                given = record["split"].strip().lower()
+                if given not in ("", *SPLIT_NAMES):
+                    raise MedclassError(f"{self.manifest} line {row.line}: the split column holds neither "
+                                        f"{', '.join(SPLIT_NAMES)} nor nothing (empty: drawn by medclass)")
+                scan.given.append(given)
+            if extra_columns:
+                scan.extra.append({c: record[c] for c in extra_columns})
+        for name, line in first_line.items():  # any text is a class name, as every reader of the model accepts
+            if name:
+                try:
+                    CLASS_NAME(name, "label")
+                except Invalid:
+                    raise MedclassError(f"{self.manifest} line {line}: the label is not a class name (any text of "
+                                        f"at most {MAX_CLASS_NAME} characters, not blank, without control characters "
+                                        "or '${'); fix that cell") from None
         if self.multi_label is None:
             self.multi_label = any(";" in label for label in scan.labels)
         classes = {name for label in scan.labels for name in label.split(";") if name}
         if len(classes) < 2:
             raise MedclassError(f"{self.manifest} lists {len(classes)} class(es) among its readable "
                                 "images; a classifier needs at least 2")
-        if self.group_by and group_column is None and self.group_by.isidentifier():  # else: a regex on the path
-            raise MedclassError(f"data.group_by={self.group_by!r} is not a column of {self.manifest} "
-                                f"(columns: {', '.join(columns)}) nor a regex with a special character")
         return {"train": scan}
 
     # -- multi-label: a label is a set of class names --------------------------------------------

@@ -9,7 +9,6 @@ group folds (K ≤ 20), m/K nearest the fraction (`fold_count`).
 
 from __future__ import annotations
 
-import csv
 import itertools
 from collections import Counter
 from collections.abc import Sequence
@@ -17,6 +16,7 @@ from pathlib import Path
 
 from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold, train_test_split
 
+from medclass.untrusted.tables import read_table
 from medclass.utils.errors import MedclassError
 from medclass.utils.io import read_cell, write_csv
 
@@ -83,9 +83,10 @@ def assign_splits(
         if folds < 2 or not 0 <= fold < folds:
             raise MedclassError(f"data.folds={folds} data.fold={fold}: need folds ≥ 2 and 0 ≤ fold < folds")
         split = ["test" if s == "test" else "" for s in split]
-    if any(s not in ("", *SPLIT_NAMES) for s in split):
-        bad = next(s for s in split if s not in ("", *SPLIT_NAMES))
-        raise MedclassError(f"split {bad!r} is not one of {SPLIT_NAMES} (or empty: drawn by medclass)")
+    bad = next((i for i, s in enumerate(split) if s not in ("", *SPLIT_NAMES)), None)
+    if bad is not None:  # the item, not the value: a given split comes from a file
+        raise MedclassError(f"the given split of item {bad} is not one of {', '.join(SPLIT_NAMES)} (or empty: drawn "
+                            "by medclass)")
     undecided = [i for i in range(n) if not split[i]]
     if not undecided:
         return split
@@ -144,8 +145,10 @@ def write_rows(path: Path, rows: Sequence[Row]) -> None:
 
 
 def read_rows(path: Path) -> list[Row]:
-    with path.open(newline="") as f:
-        reader = csv.DictReader(f)
-        if reader.fieldnames != ["path", "label", "split"]:
-            raise MedclassError(f"{path} is not a split file (header path,label,split); delete it to re-split")
-        return [(read_cell(r["path"]), read_cell(r["label"]), r["split"]) for r in reader]
+    """A split file back (`write_rows`), through the bounded table reader: a file at the split's name is read as
+    data, whoever put it there."""
+    table = read_table(path, "split file", hint="delete it to re-split")
+    if table.columns != ("path", "label", "split"):
+        raise MedclassError(f"{path} is not a split file (header path,label,split); delete it to re-split")
+    return [(read_cell(r.cells[0]), read_cell(r.cells[1]) if len(r.cells) > 1 else "",
+             r.cells[2] if len(r.cells) > 2 else "") for r in table.rows]

@@ -5,7 +5,8 @@ before anything is built from it: known keys only, plain values of the right typ
 network and the data through their registries (`medclass.model.registry`, `medclass.data.registry`),
 and no `${` anywhere. The optimizer and scheduler are kept as plain values for the record; nothing
 read from a file ever builds them (a model read from a file is not trained on, see
-`Classifier.configure_optimizers`).
+`Classifier.configure_optimizers`). A class name is any text (`medclass.untrusted.tables.CLASS_NAME`):
+what train.py accepts from a manifest or a class folder, every reader accepts.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from medclass.model import registry as model_registry
 from medclass.module.losses import LOSSES
 from medclass.module.tasks import TASKS
 from medclass.module.tta import MODES
+from medclass.untrusted.tables import CLASS_NAME
 from medclass.utils import schema as s
 
 MAX_IMAGE_SIZE = 2048  # 2048² × 4 channels × 4 bytes = 64 MB a float image: bounded memory per image
@@ -26,7 +28,7 @@ MAX_CLASSES = 100_000
 def _data_info(value: Any, where: str) -> dict[str, Any]:
     info = s.record({
         "task": s.choice(*TASKS),
-        "class_names": s.list_of(s.name(), 1, MAX_CLASSES),
+        "class_names": s.list_of(CLASS_NAME, 1, MAX_CLASSES),  # any text: the set train.py accepts
         "in_chans": s.integer(1, 4),
         "image_size": s.integer(1, MAX_IMAGE_SIZE),
         "mean": s.list_of(s.number(-10, 10), 1, 4),
@@ -51,6 +53,15 @@ def check_data_info(value: Any, source: str) -> dict[str, Any]:
     return s.read_as_data(_data_info, value, source, "it is not an export medclass wrote")
 
 
+def check_training_info(value: Any, where: str = "the training data") -> dict[str, Any]:
+    """The data facts train.py is about to write into a checkpoint, held to the same schema every reader applies,
+    so a run never writes a checkpoint its own eval.py, predict.py or export.py would refuse."""
+    try:
+        return _data_info(value, "data_info")
+    except s.Invalid as err:
+        raise s.Invalid(f"{where}: {err}; the checkpoint could not be read back, so training stops here") from None
+
+
 def _optimizer(value: Any, where: str) -> dict[str, Any]:
     return s.record({"_target_": s.text(200), "_partial_": s.boolean}, ("_target_",), extra=s.plain(1, 64))(value,
                                                                                                            where)
@@ -66,7 +77,7 @@ FIELDS: dict[str, s.Check] = {
     "label_smoothing": s.number(0, 1),
     "channels_last": s.boolean,
     "tta": s.choice(*MODES),
-    "data_cfg": s.optional(data_registry.describe),
+    "data_cfg": s.optional(data_registry.describe_file),
     "freeze_backbone": s.boolean,
     "unfreeze_at_epoch": s.optional(s.integer(0, 10**6)),
     "backbone_lr_scale": s.number(0, 1000, low_open=True),
