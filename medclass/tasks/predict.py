@@ -3,16 +3,31 @@
 Every image goes through the code training used (`decode_resized`, then the eval transform with the
 checkpoint's mean/std), so a file scores as it would have inside the data set. Files that cannot be
 read are listed with their reason, never fatal; only "no readable image at all" stops the run.
+
+The model file may come from a stranger, and its description sets the cost of every image: the image
+size, the number of classes, the test-time views. So the cost is bounded by construction:
+- memory: one image's cost is measured once, on the meta device (no memory, no time): the network's
+  largest activation, the prepared image and the per-class outputs. The batch shrinks to fit
+  `memory_mb`; when one image does not fit, the command refuses in one line naming the option.
+- time: test-time views the file asks for (`tta=null`) are used only while their work per image stays
+  within `tta_gflop`; beyond it predict uses one view and says so. Views the user asks for are kept.
+- output: records are written to predictions.csv/.json as they come, so memory follows the batch, not
+  images x classes; probabilities that are not finite numbers in [0, 1] stop the run (exit 2).
 """
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import csv
 import glob
+import io
+import itertools
+import json
 import logging
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -26,31 +41,157 @@ from medclass.data.decode import decode_resized, read_image
 from medclass.data.scan import reason_to_skip
 from medclass.eval.calibration import apply_temperature
 from medclass.module import Classifier
-from medclass.module.checkpoint import model_meta
+from medclass.module.checkpoint import largest_activation, model_meta
 from medclass.module.tta import tta_views
+from medclass.untrusted.tables import read_table
 from medclass.utils.errors import MedclassError
 from medclass.utils.extras import MissingExtra
-from medclass.utils.io import write_csv, write_json
+from medclass.utils.io import atomic_open, safe_cell, write_csv
 
 log = logging.getLogger("medclass")
 Skipped = tuple[Path, str]
 
+DEFAULT_MEMORY_MB = 1024  # activations of one batch; predict.py's `memory_mb`
+FLOAT_BYTES = 4  # inference runs in float32
+# measured on CPU (custom CNN, 256-1024 px, batch 1-32): a forward pass peaks at 2.2x its largest layer output
+# (that output, its input, the next layer's); 3 leaves room for other backends' workspaces
+ACTIVATION_COPIES = 3
+CAM_COPIES = 2  # Grad-CAM keeps every layer's output for its backward pass, and their gradients
+INPUT_COPIES = 3  # the decoded image, its normalized tensor and the stacked batch
+CLASS_COPIES = 4  # per view and class: logits, probabilities, their stack and the mean
+
+
+@dataclass(frozen=True)
+class ImageCost:
+    """What scoring one image costs, in float32 numbers, so the batch can be sized before anything is allocated.
+
+    Views run one after another (`Classifier._views_forward`): they multiply the time and the per-class outputs,
+    not the activations. `largest` and `total` are 0 when the network cannot be measured (an ONNX file, a network
+    that fails on meta tensors): then only the input and the classes are counted.
+    """
+
+    inputs: int  # one prepared image: in_chans x image_size²
+    classes: int
+    views: int = 1
+    largest: int = 0  # the most numbers one layer outputs (medclass.module.checkpoint.largest_activation)
+    total: int = 0  # every layer's outputs together: what a backward pass (Grad-CAM) keeps
+    gflop: float = 0.0  # one view's work
+
+    def bytes(self, cam: bool = False) -> int:
+        activations = CAM_COPIES * self.total if cam else ACTIVATION_COPIES * self.largest
+        return FLOAT_BYTES * (activations + INPUT_COPIES * self.inputs + CLASS_COPIES * self.views * self.classes)
+
+
+def _meta_copy(net: torch.nn.Module) -> torch.nn.Module:
+    """`net` with every parameter and buffer on the meta device: same layers, no weights copied."""
+    memo: dict[int, Any] = {}
+    for tensor in itertools.chain(net.parameters(), net.buffers()):
+        empty = torch.empty_like(tensor, device="meta")
+        memo[id(tensor)] = (torch.nn.Parameter(empty, requires_grad=tensor.requires_grad)
+                            if isinstance(tensor, torch.nn.Parameter) else empty)
+    return copy.deepcopy(net, memo)
+
+
+def measure_network(net: torch.nn.Module, in_chans: int, size: int) -> tuple[int, int, float]:
+    """(largest layer output, all leaf layers' outputs, GFLOP) of one `size` px image, from forward passes on the
+    meta device: shapes only, no memory, milliseconds. (0, 0, 0.0) when the network does not run on meta tensors."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    try:
+        skeleton = _meta_copy(net).eval()
+    except Exception as err:  # a network deepcopy cannot copy: measured by its weights only
+        log.debug("cannot measure the network on the meta device (%s)", type(err).__name__)
+        return 0, 0, 0.0
+    largest = largest_activation(skeleton, in_chans, size)
+    sizes: list[int] = []
+    leaves = [m for m in skeleton.modules() if not any(True for _ in m.children())]
+    hooks = [m.register_forward_hook(lambda _m, _i, out: sizes.append(out.numel() if isinstance(out, torch.Tensor)
+                                                                      else 0)) for m in leaves]
+    try:
+        with FlopCounterMode(display=False) as counter, torch.no_grad():
+            skeleton(torch.zeros(1, in_chans, size, size, device="meta"))
+        flops = counter.get_total_flops()
+    except Exception:
+        return largest, 0, 0.0
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return largest, max(sum(sizes), largest), flops / 1e9
+
+
+def _input_cost(meta: dict[str, Any]) -> ImageCost:
+    """The part of an image's cost any model has: its prepared pixels and its per-class outputs."""
+    return ImageCost(inputs=int(meta["in_chans"]) * int(meta["image_size"]) ** 2, classes=len(meta["class_names"]))
+
 
 class TorchModel:
     """A Classifier as `probabilities = model(batch)`; `tta` None keeps the checkpoint's setting; `operating`
-    (eval.py's temperature and thresholds, `medclass.eval.operating_file`) rides along in `meta`."""
+    (eval.py's temperature and thresholds, `medclass.eval.operating_file`) rides along in `meta`.
+
+    `cost` is one image's, measured once here; `memory_mb` is the budget `fit_batch` sizes batches to. With `tta`
+    None, the file's own test-time views are dropped to one when they would cost more than `tta_gflop` per image:
+    a model file must not make each image take minutes without the user asking. `source` names the file in errors.
+    """
 
     def __init__(self, module: Classifier, tta: str | None = None, device: str = "cpu",
-                 operating: dict[str, Any] | None = None) -> None:
+                 operating: dict[str, Any] | None = None, memory_mb: int = DEFAULT_MEMORY_MB,
+                 tta_gflop: float | None = None, source: str | None = None) -> None:
         self.module, self.device = module.eval().to(device), torch.device(device)
         self.meta = {**model_meta(module), **(operating or {})}
+        self.memory_mb, self.source = memory_mb, source or "the model"
         if tta is not None:
             tta_views(tta, self.meta["symmetry"])  # a bad value fails here, naming the choices
             module.tta = tta
+        largest, total, gflop = measure_network(module.net, self.meta["in_chans"], self.meta["image_size"])
+        views = len(tta_views(module.tta, self.meta["symmetry"]))
+        if tta is None and tta_gflop is not None and views > 1 and views * gflop > tta_gflop:
+            log.warning("tta: %s asks for %d test-time views of %.0f GFLOP each per image, more than tta_gflop=%g; "
+                        "predicting with one view (pass tta=%s to use them all)", self.source, views, gflop,
+                        tta_gflop, module.tta)
+            module.tta, views = "none", 1
+        self.cost = replace(_input_cost(self.meta), views=views, largest=largest, total=total, gflop=gflop)
 
     def __call__(self, x: torch.Tensor) -> np.ndarray:
         with torch.inference_mode():
             return self.module.predict_proba(x.to(self.device), tta=True).float().cpu().numpy()
+
+
+def fit_batch(model: Any, batch_size: int, cam: bool = False) -> int:
+    """The largest batch, at most `batch_size`, whose images fit the model's `memory_mb` (logged once when it
+    shrinks); one error line naming the option when a single image does not fit."""
+    cost: ImageCost = getattr(model, "cost", None) or _input_cost(model.meta)
+    memory_mb = int(getattr(model, "memory_mb", DEFAULT_MEMORY_MB))
+    per_image = cost.bytes(cam)
+    fitting = memory_mb * 2**20 // max(per_image, 1)
+    if fitting < 1:
+        raise MedclassError(
+            f"one {model.meta['image_size']} px image needs about {per_image / 2**20:,.0f} MB to score with "
+            f"{getattr(model, 'source', 'the model')} ({cost.largest:,} numbers in its largest layer"
+            f"{', Grad-CAM on every layer' if cam else ''}, {cost.classes:,} classes x {cost.views} views), more "
+            f"than memory_mb={memory_mb}; raise memory_mb=<MB> if the machine has that memory")
+    if fitting < batch_size:
+        log.info("batch %d -> %d to fit memory_mb=%d (%.1f MB per image)", batch_size, fitting, memory_mb,
+                 per_image / 2**20)
+        return int(fitting)
+    return batch_size
+
+
+def check_probabilities(probs: Any, kept: Sequence[Path], meta: dict[str, Any], source: str) -> np.ndarray:
+    """`probs` when it is one row of finite numbers in [0, 1] per image and class (rows summing to 1 unless the
+    task is multi-label); else one error line naming the model file. Weights that overflow make NaN, and an
+    ONNX graph can return anything: either would be written as a confident prediction with exit code 0."""
+    array = np.asarray(probs)
+    classes = len(meta["class_names"])
+    good = (array.shape == (len(kept), classes) and array.dtype.kind == "f" and bool(np.isfinite(array).all())
+            and float(array.min()) >= -1e-6 and float(array.max()) <= 1 + 1e-6)
+    if good and meta["task"] != "multi-label":
+        good = float(np.abs(array.sum(axis=1, dtype=np.float64) - 1).max()) <= 1e-3
+    if not good:
+        rule = "finite numbers in [0, 1]" + ("" if meta["task"] == "multi-label" else " summing to 1 per image")
+        raise MedclassError(f"{source} gave {len(kept)} x {classes} outputs that are not probabilities ({rule}) for "
+                            f"the batch starting at {kept[0]}; its weights overflow or are damaged: use another "
+                            "model file, or retrain or export it again")
+    return array
 
 
 @dataclass
@@ -81,14 +222,19 @@ def _expand(spec: str, columns: dict[Path, dict[str, str]]) -> list[tuple[Path, 
 
 def read_manifest_inputs(manifest: Path) -> dict[Path, dict[str, str]]:
     """A CSV of images to predict (`data=manifest`'s format; `label` optional): each file with the row's
-    other columns, which predictions.csv carries beside the prediction."""
-    with manifest.open(newline="") as f:
-        reader = csv.DictReader(f)
-        if "path" not in (reader.fieldnames or []):
-            raise MedclassError(f"inputs={manifest} has no `path` column (has {', '.join(reader.fieldnames or [])}); "
-                                "a CSV of inputs lists one image per row under `path`")
-        return {(manifest.parent / row["path"].strip()): {k: v or "" for k, v in row.items() if k != "path"}
-                for row in reader if (row.get("path") or "").strip()}
+    other columns, which predictions.csv carries beside the prediction. Read through the bounded table reader
+    (columns, line length, cells), so a CSV of a million header columns is one error line, not gigabytes."""
+    table = read_table(manifest, "inputs")
+    if table.index("path") is None:
+        raise MedclassError(f"inputs={manifest} has no `path` column ({len(table.columns)} columns); a CSV of inputs "
+                            "lists one image per row under `path`")
+    listed: dict[Path, dict[str, str]] = {}
+    for row in table.rows:
+        record = table.record(row)
+        path = record.pop("path").strip()
+        if path:
+            listed[manifest.parent / path] = record
+    return listed
 
 
 def collect_inputs(inputs: str | Path | Sequence[str | Path],
@@ -129,19 +275,32 @@ def decision_threshold(meta: dict[str, Any], operating_point: str | None) -> tup
     return name, float(thresholds[name])
 
 
+def top_k(probs: np.ndarray, k: int) -> np.ndarray:
+    """The indices of the `k` largest values, largest first, ties by index (a stable descending sort), without
+    sorting all of them: with 100,000 classes, a partition and a sort of `k`."""
+    if k >= len(probs) or len(probs) <= 256:
+        return np.argsort(-probs, kind="stable")[:k]
+    kth = np.partition(probs, len(probs) - k)[len(probs) - k]  # the k-th largest value
+    above = np.flatnonzero(probs > kth)
+    chosen = np.concatenate([above, np.flatnonzero(probs == kth)[: k - len(above)]])
+    return chosen[np.lexsort((chosen, -probs[chosen]))]
+
+
 def _record(path: Path, probs: np.ndarray, meta: dict[str, Any], k: int, threshold: float,
             decision: tuple[str, bool] | None = None, refer: bool | None = None) -> dict[str, Any]:
     names = meta["class_names"]
-    order = np.argsort(-probs, kind="stable")[: max(1, min(k, len(names)))]
+    rounded = np.round(np.asarray(probs, dtype=np.float64), 6)  # one rounding, shared by every field below
+    order = top_k(np.asarray(probs), max(1, min(k, len(names))))
+    values = rounded.tolist()  # plain floats in one call: 100,000 classes take milliseconds, not seconds
     record: dict[str, Any] = {
         "path": str(path),
         "class": names[order[0]],
-        "confidence": round(float(probs[order[0]]), 6),
-        "top_k": [{"class": names[i], "probability": round(float(probs[i]), 6)} for i in order],
-        "probabilities": {n: round(float(p), 6) for n, p in zip(names, probs, strict=True)},
+        "confidence": values[order[0]],
+        "top_k": [{"class": names[i], "probability": values[i]} for i in order],
+        "probabilities": dict(zip(names, values, strict=True)),
     }
     if meta["task"] == "multi-label":  # independent labels: every one above the threshold
-        record["labels"] = [n for n, p in zip(names, probs, strict=True) if p > threshold]
+        record["labels"] = [names[i] for i in np.flatnonzero(probs > threshold)]
     if decision is not None:  # the binary call at the deployed threshold (positive class: the second name)
         record["decision"] = names[1] if decision[1] else names[0]
     if refer is not None:  # selective prediction: below eval.py's abstention threshold, a human decides
@@ -164,6 +323,53 @@ def _unique_png(folder: Path, path: Path, used: set[str]) -> Path:
     return folder / name
 
 
+def iter_records(
+    model: TorchModel | Callable[[torch.Tensor], np.ndarray],
+    paths: Sequence[str | Path],
+    skipped: list[Skipped],
+    batch_size: int = 32,
+    k: int = 3,
+    threshold: float = 0.5,
+    progress: bool = False,
+    cam_dir: Path | None = None,
+    cam_layer: str | None = None,
+    calibrated: bool = True,
+    operating_point: str | None = None,
+) -> Iterator[dict[str, Any]]:
+    """One record per readable image of `paths`, in order, built a batch at a time (what `predict_images` collects
+    and `run_predict` streams to disk); unreadable files are appended to `skipped`."""
+    if batch_size < 1 or k < 1:
+        raise MedclassError(f"batch_size={batch_size} and k={k} must be at least 1")
+    meta = model.meta
+    if cam_dir is not None and not isinstance(model, TorchModel):
+        raise MedclassError("Grad-CAM needs the network's gradients: predict with ckpt_path=<file.ckpt>, not ONNX")
+    temperature = meta.get("temperature") if calibrated else None
+    decision = decision_threshold(meta, operating_point)
+    refer_below = abstain_threshold(meta)
+    source = getattr(model, "source", None) or "the model"
+    used: set[str] = set()
+    for kept, x, raw in scored_batches(model, paths, batch_size, skipped, progress, cam=cam_dir is not None):
+        probs = check_probabilities(apply_temperature(raw, meta["task"], temperature), kept, meta,
+                                    source) if temperature else raw
+        cams: list[Path | None] = [None] * len(kept)
+        if cam_dir is not None:
+            from medclass.eval.explain import save_cam_overlays
+
+            cams = [_unique_png(cam_dir, p, used) for p in kept]
+            targets = [int(np.argmax(row)) for row in probs]
+            save_cam_overlays(model.module.net, x.to(model.device), targets, [read_image(p) for p in kept], cams,
+                              layer=cam_layer)
+        del x
+        for p, row, score, cam in zip(kept, probs, raw, cams, strict=True):
+            # thresholds apply to the uncalibrated scores they were chosen on
+            record = _record(p, row, meta, k, threshold,
+                             None if decision is None else (decision[0], float(score[1]) >= decision[1]),
+                             None if refer_below is None else float(score.max()) < refer_below)
+            if cam is not None:
+                record["cam"] = str(cam)
+            yield record
+
+
 def predict_images(
     model: Classifier | TorchModel | Callable[[torch.Tensor], np.ndarray],
     paths: Sequence[str | Path],
@@ -177,7 +383,8 @@ def predict_images(
     calibrated: bool = True,
     operating_point: str | None = None,
 ) -> Predictions:
-    """Class, confidence, top-k and per-class probabilities for each readable image in `paths`.
+    """Class, confidence, top-k and per-class probabilities for each readable image in `paths`, held in memory
+    (the Python API; predict.py itself streams them to disk through `iter_records`).
 
     `model` is a Classifier (from `medclass.module.checkpoint.load_classifier`), a TorchModel, or an
     OnnxModel (`medclass.tasks.export`); anything callable with a `meta` dict works. `cam_dir` saves a
@@ -186,45 +393,26 @@ def predict_images(
     carries binary thresholds, each record gets a `decision` at `operating_point` (default Youden's J),
     taken on the uncalibrated score the threshold was chosen on; when it carries an abstention threshold
     (eval.py `abstain.*`), an image whose uncalibrated confidence falls below it gets `decision=refer`.
+    Batches shrink to fit the model's memory budget (`TorchModel(memory_mb=)`, default 1024).
     """
-    if batch_size < 1 or k < 1:
-        raise MedclassError(f"batch_size={batch_size} and k={k} must be at least 1")
     if isinstance(model, Classifier):
         model = TorchModel(model, tta=tta)
-    meta = model.meta
-    if cam_dir is not None and not isinstance(model, TorchModel):
-        raise MedclassError("Grad-CAM needs the network's gradients: predict with ckpt_path=<file.ckpt>, not ONNX")
-    temperature = meta.get("temperature") if calibrated else None
-    decision = decision_threshold(meta, operating_point)
-    refer_below = abstain_threshold(meta)
-    result, used = Predictions(), set()
-    for kept, x, raw in scored_batches(model, paths, batch_size, result.skipped, progress):
-        probs = apply_temperature(raw, meta["task"], temperature) if temperature else raw
-        # thresholds apply to the uncalibrated scores they were chosen on
-        records = [_record(p, row, meta, k, threshold,
-                           None if decision is None else (decision[0], float(score[1]) >= decision[1]),
-                           None if refer_below is None else float(score.max()) < refer_below)
-                   for p, row, score in zip(kept, probs, raw, strict=True)]
-        if cam_dir is not None:
-            from medclass.eval.explain import save_cam_overlays
-
-            outs = [_unique_png(cam_dir, p, used) for p in kept]
-            targets = [int(np.argmax(row)) for row in probs]
-            save_cam_overlays(model.module.net, x.to(model.device), targets, [read_image(p) for p in kept], outs,
-                              layer=cam_layer)
-            for record, out in zip(records, outs, strict=True):
-                record["cam"] = str(out)
-        result.records.extend(records)
+    result = Predictions()
+    result.records.extend(iter_records(model, paths, result.skipped, batch_size, k, threshold, progress, cam_dir,
+                                       cam_layer, calibrated, operating_point))
     return result
 
 
 def scored_batches(model: TorchModel | Callable[[torch.Tensor], np.ndarray], paths: Sequence[str | Path],
-                   batch_size: int, skipped: list[Skipped], progress: bool = False
+                   batch_size: int, skipped: list[Skipped], progress: bool = False, cam: bool = False
                    ) -> Iterator[tuple[list[Path], torch.Tensor, np.ndarray]]:
     """(readable paths, their input batch, the model's raw probabilities) per batch of `paths`, each image decoded
     and normalized as in training (the model's `meta`); unreadable files are appended to `skipped`, never fatal.
-    predict.py and eval.py's external validation both score files through here."""
+    predict.py and eval.py's external validation both score files through here, so both get batches sized to the
+    model's memory budget (`fit_batch`) and outputs checked to be probabilities (`check_probabilities`)."""
     meta = model.meta
+    batch_size = fit_batch(model, batch_size, cam)
+    source = getattr(model, "source", None) or "the model"
     to_tensor = eval_transform(None, meta["mean"], meta["std"])  # decode_resized already sized the image
     paths = list(paths)
     chunks = [paths[i : i + batch_size] for i in range(0, len(paths), batch_size)]
@@ -242,7 +430,8 @@ def scored_batches(model: TorchModel | Callable[[torch.Tensor], np.ndarray], pat
             kept.append(path)
         if kept:
             x = torch.stack(tensors)
-            yield kept, x, model(x)
+            del tensors
+            yield kept, x, check_probabilities(model(x), kept, meta, source)
 
 
 def predict_image(module: Classifier, path: str | Path, k: int = 3) -> dict[str, Any]:
@@ -256,32 +445,103 @@ def predict_image(module: Classifier, path: str | Path, k: int = 3) -> dict[str,
 
 
 # -- outputs ------------------------------------------------------------------------------------
+def _json_items(payload: dict[str, Any]) -> str:
+    """`payload`'s items as the inside of a JSON object, two spaces in, without the braces."""
+    return ",\n".join(f"  {json.dumps(key)}: {json.dumps(value)}" for key, value in payload.items())
+
+
+def _float_texts(values: list[float]) -> list[str]:
+    """`repr` of each value (what `json.dumps` and the csv module write for a float), each distinct value formatted
+    once: rounded to 6 decimals, 100,000 class probabilities hold a few hundred distinct numbers."""
+    if len(values) <= 256:
+        return list(map(repr, values))
+    distinct, where = np.unique(np.asarray(values), return_inverse=True)
+    return np.array([repr(v) for v in distinct.tolist()], dtype=object)[where].tolist()
+
+
+class PredictionWriter:
+    """predictions.csv and predictions.json, written one record at a time through `atomic_open`: memory holds one
+    record, not images x classes (a model of 100,000 classes over 200 images is 20 million probabilities), and
+    each file appears whole when the run ends, or not at all. Every column is known before the first record:
+    the classes, the top-k width, whether there is a decision, a Grad-CAM path, and the input CSV's columns."""
+
+    def __init__(self, out: Path, meta: dict[str, Any], source: dict[str, Any], k: int, decided: bool = False,
+                 cams: bool = False, extra: Sequence[str] = ()) -> None:
+        self.names, self.multi = list(meta["class_names"]), meta["task"] == "multi-label"
+        self.k, self.decided, self.cams, self.extra = k, decided, cams, list(extra)
+        header = ["path", "class", "confidence", *(["decision"] if decided else []),
+                  *(["labels"] if self.multi else []),
+                  *(f"top{i}_{c}" for i in range(1, k + 1) for c in ("class", "probability")),
+                  *(f"prob_{n}" for n in self.names), *(["cam"] if cams else [])]
+        self.header = header + [f"input_{c}" if c in header else c for c in self.extra]
+        self.out, self.head = out, {**source, "task": meta["task"], "class_names": self.names}
+        self.count = 0
+        self._keys: list[str] | None = None  # each class name as a JSON key, made once
+        self._buffer = io.StringIO()
+        self._row = csv.writer(self._buffer)
+
+    def __enter__(self) -> PredictionWriter:
+        self.out.mkdir(parents=True, exist_ok=True)
+        self._stack = contextlib.ExitStack()
+        try:
+            self._csv = self._stack.enter_context(atomic_open(self.out / "predictions.csv", newline=""))
+            self._json = self._stack.enter_context(atomic_open(self.out / "predictions.json"))
+        except BaseException:
+            self._stack.close()
+            raise
+        self._csv.write(self._cells(self.header) + "\r\n")
+        self._json.write("{\n" + _json_items(self.head) + ',\n  "predictions": [')
+        return self
+
+    def _cells(self, cells: Sequence[Any]) -> str:
+        """`cells` as they sit inside a CSV line (formula-safe, quoted where needed), without the line end."""
+        if len(cells) == 1 and cells[0] == "":
+            return ""  # the csv module writes a lone empty cell as "" (a row that is not blank)
+        self._buffer.seek(0)
+        self._buffer.truncate()
+        self._row.writerow([safe_cell(c) for c in cells])
+        return self._buffer.getvalue()[: -len(self._row.dialect.lineterminator)]
+
+    def write(self, record: dict[str, Any]) -> None:
+        """One record: a CSV row and one line of the JSON list. The per-class numbers are joined as text in one
+        pass (they are floats: no quoting, no formula), so 100,000 classes cost one join, not 100,000 cell
+        checks; the rest goes through the csv module and `safe_cell`, and `json.dumps` as before."""
+        texts = _float_texts(list(record["probabilities"].values()))
+        probs = ",".join(texts)
+        top = [v for t in record["top_k"] for v in (t["class"], t["probability"])]
+        columns = record.get("columns", {})
+        head = [record["path"], record["class"], record["confidence"], *([record["decision"]] if self.decided else []),
+                *([";".join(record["labels"])] if self.multi else []), *top, *[""] * (2 * self.k - len(top))]
+        tail = [*([record.get("cam", "")] if self.cams else []), *(columns.get(c, "") for c in self.extra)]
+        self._csv.write(",".join([self._cells(head), probs, *([self._cells(tail)] if tail else [])]) + "\r\n")
+        if self._keys is None:
+            self._keys = [json.dumps(n) + ": " for n in self.names]
+        inner = ", ".join(map(str.__add__, self._keys, texts))  # json.dumps of the dict, in one join
+        text = ", ".join(f"{json.dumps(key)}: " + ("{" + inner + "}" if key == "probabilities" else json.dumps(value))
+                         for key, value in record.items())
+        self._json.write(("\n" if self.count == 0 else ",\n") + "    {" + text + "}")
+        self.count += 1
+
+    def finish(self, skipped: Sequence[Skipped]) -> None:
+        """The JSON's count and skipped files, after the list: both are known only at the end."""
+        tail = {"count": self.count, "skipped": [{"path": str(p), "reason": why} for p, why in skipped]}
+        self._json.write(("\n  " if self.count else "") + "],\n" + _json_items(tail) + "\n}\n")
+
+    def __exit__(self, *exc: object) -> None:
+        self._stack.__exit__(*exc)  # an error removes both temporary files: no half-written predictions
+
+
 def write_outputs(out: Path, result: Predictions, meta: dict[str, Any], source: dict[str, Any]) -> None:
-    """predictions.csv (one row per image), predictions.json (the same plus the model facts), skipped.csv."""
-    out.mkdir(parents=True, exist_ok=True)
-    names, multi = meta["class_names"], meta["task"] == "multi-label"
+    """predictions.csv (one row per image), predictions.json (the same plus the model facts), skipped.csv, for
+    records already in memory (the Python API); predict.py streams them through `PredictionWriter` instead."""
     k = max((len(r["top_k"]) for r in result.records), default=1)
-    decided = any("decision" in r for r in result.records)
-    cams = any("cam" in r for r in result.records)
-    header = ["path", "class", "confidence", *(["decision"] if decided else []), *(["labels"] if multi else []),
-              *(f"top{i}_{c}" for i in range(1, k + 1) for c in ("class", "probability")),
-              *(f"prob_{n}" for n in names), *(["cam"] if cams else [])]
-    extra = list(dict.fromkeys(k for r in result.records for k in r.get("columns", {})))
-    header += [f"input_{k}" if k in header else k for k in extra]
-    rows = []
-    for r in result.records:
-        top = [v for t in r["top_k"] for v in (t["class"], t["probability"])]
-        rows.append([r["path"], r["class"], r["confidence"], *([r["decision"]] if decided else []),
-                     *([";".join(r["labels"])] if multi else []),
-                     *top, *[""] * (2 * k - len(top)), *r["probabilities"].values(),
-                     *([r.get("cam", "")] if cams else []),
-                     *(r.get("columns", {}).get(k, "") for k in extra)])
-    write_csv(out / "predictions.csv", rows, header)
+    extra = list(dict.fromkeys(c for r in result.records for c in r.get("columns", {})))
+    with PredictionWriter(out, meta, source, k, decided=any("decision" in r for r in result.records),
+                          cams=any("cam" in r for r in result.records), extra=extra) as writer:
+        for record in result.records:
+            writer.write(record)
+        writer.finish(result.skipped)
     write_csv(out / "skipped.csv", ((str(p), why) for p, why in result.skipped), ("path", "reason"))
-    payload = {**source, "task": meta["task"], "class_names": names, "count": len(result.records),
-               "predictions": result.records,
-               "skipped": [{"path": str(p), "reason": why} for p, why in result.skipped]}
-    write_json(out / "predictions.json", payload, sort_keys=False)  # records keep their reading order
 
 
 def log_skipped(skipped: list[Skipped], report: Path) -> None:
@@ -297,13 +557,18 @@ def load_model(cfg: DictConfig) -> TorchModel | Any:
     if bool(ckpt) == bool(onnx):
         raise MedclassError(f"give exactly one of ckpt_path=<file.ckpt> or onnx_path=<file.onnx> "
                             f"(got ckpt_path={ckpt}, onnx_path={onnx})")
+    memory_mb = cfg.get("memory_mb", DEFAULT_MEMORY_MB)
+    if isinstance(memory_mb, bool) or not isinstance(memory_mb, int) or memory_mb < 1:
+        raise MedclassError(f"memory_mb={memory_mb}: expected a whole number of megabytes, at least 1")
     if onnx:
         if cfg.get("cam") or cfg.get("tta") not in (None, "none"):
             raise MedclassError(f"cam=true and tta={cfg.get('tta')} need the network itself: use ckpt_path=<file.ckpt> "
                                 "instead of onnx_path, or drop those options")
         from medclass.tasks.export import OnnxModel
 
-        return OnnxModel(onnx)
+        model = OnnxModel(onnx)
+        model.memory_mb, model.source = memory_mb, f"onnx_path={onnx}"  # its inputs and outputs count (no layers)
+        return model
     from medclass.module.checkpoint import load_classifier
 
     device = cfg.get("device") or "auto"
@@ -313,33 +578,57 @@ def load_model(cfg: DictConfig) -> TorchModel | Any:
 
     module = load_classifier(ckpt)
     return TorchModel(module, tta=cfg.get("tta"), device=device,
-                      operating=operating_file.load(ckpt, default=module.model_file.operating))
+                      operating=operating_file.load(ckpt, default=module.model_file.operating), memory_mb=memory_mb,
+                      tta_gflop=cfg.get("tta_gflop"), source=f"ckpt_path={ckpt}")
 
 
-def run_predict(cfg: DictConfig) -> Predictions:
-    """What predict.py does: inputs → predictions.csv/.json, skipped.csv (and cam/*.png) in the run folder."""
+@dataclass
+class PredictionFiles:
+    """What `run_predict` wrote: the folder, the count and the skipped files. The records themselves are on disk;
+    `records` reads predictions.json back for callers that want them in memory."""
+
+    out: Path
+    count: int
+    skipped: list[Skipped]
+
+    @property
+    def records(self) -> list[dict[str, Any]]:
+        with (self.out / "predictions.json").open(encoding="utf-8") as f:
+            return json.load(f)["predictions"]
+
+
+def run_predict(cfg: DictConfig) -> PredictionFiles:
+    """What predict.py does: inputs → predictions.csv/.json, skipped.csv (and cam/*.png) in the run folder, the
+    records streamed to disk as each batch is scored."""
     out = Path(cfg.paths.output_dir)
     model = load_model(cfg)
     columns: dict[Path, dict[str, str]] = {}
     files, skipped = collect_inputs(cfg.inputs, columns)
-    result = predict_images(model, files, batch_size=cfg.batch_size, k=cfg.k, threshold=cfg.threshold,
-                            progress=cfg.get("progress", True), cam_dir=out / "cam" if cfg.get("cam") else None,
-                            cam_layer=cfg.get("cam_layer"), calibrated=cfg.get("calibrated", True),
-                            operating_point=cfg.get("operating_point"))
-    result.skipped = skipped + result.skipped
-    for record in result.records:  # a CSV's own columns (label, patient, site, ...) beside each prediction
-        if Path(record["path"]) in columns:
-            record["columns"] = columns[Path(record["path"])]
-    decision = decision_threshold(model.meta, cfg.get("operating_point"))
+    meta, cam = model.meta, bool(cfg.get("cam"))
+    decision = decision_threshold(meta, cfg.get("operating_point"))
     source = {"model": str(cfg.get("ckpt_path") or cfg.get("onnx_path")), "inputs": str(cfg.inputs),
               "tta": getattr(getattr(model, "module", None), "tta", "none"),
-              "temperature": model.meta.get("temperature") if cfg.get("calibrated", True) else None,
+              "temperature": meta.get("temperature") if cfg.get("calibrated", True) else None,
               "decision_threshold": None if decision is None else {"name": decision[0], "threshold": decision[1]},
-              "abstain": model.meta.get("abstain")}
-    write_outputs(out, result, model.meta, source)
-    log_skipped(result.skipped, out / "skipped.csv")
-    if not result.records:
-        raise MedclassError(f"none of the {len(result.skipped)} files of inputs={cfg.inputs} is a readable image "
+              "abstain": meta.get("abstain")}
+    extra = list(dict.fromkeys(c for listed in columns.values() for c in listed))  # a CSV's own columns
+    scoring_skipped: list[Skipped] = []
+    k = max(1, min(int(cfg.k), len(meta["class_names"])))
+    with PredictionWriter(out, meta, source, k, decided=decision is not None or abstain_threshold(meta) is not None,
+                          cams=cam, extra=extra) as writer:
+        for record in iter_records(model, files, scoring_skipped, batch_size=cfg.batch_size, k=cfg.k,
+                                   threshold=cfg.threshold, progress=cfg.get("progress", True),
+                                   cam_dir=out / "cam" if cam else None, cam_layer=cfg.get("cam_layer"),
+                                   calibrated=cfg.get("calibrated", True), operating_point=cfg.get("operating_point")):
+            if Path(record["path"]) in columns:  # a CSV's own columns (label, patient, site, ...) beside it
+                record["columns"] = columns[Path(record["path"])]
+            writer.write(record)
+        skipped += scoring_skipped
+        writer.finish(skipped)
+    write_csv(out / "skipped.csv", ((str(p), why) for p, why in skipped), ("path", "reason"))
+    log_skipped(skipped, out / "skipped.csv")
+    if not writer.count:
+        raise MedclassError(f"none of the {len(skipped)} files of inputs={cfg.inputs} is a readable image "
                             f"(reasons in {out / 'skipped.csv'}); give PNG, JPEG, BMP, TIFF or DICOM files")
-    log.info("predicted %d images: %s", len(result.records), out / "predictions.csv")
-    return result
+    log.info("predicted %d images: %s", writer.count, out / "predictions.csv")
+    return PredictionFiles(out, writer.count, skipped)
