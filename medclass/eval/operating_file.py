@@ -4,7 +4,8 @@
 thresholds chosen on validation (Youden's J, a target sensitivity), and, when eval.py was given
 `abstain.accuracy` or `abstain.coverage`, the confidence below which predict.py refers an image to a
 human (`abstain`: the threshold on the uncalibrated confidence, its target and what it kept on
-validation). It is read as data: the
+validation). It is read as data, through `medclass.untrusted.files` (a regular file of at most 1 MiB,
+never a FIFO, device or link): the
 temperature must be a finite number in [0.01, 100] and each threshold a finite number in [0, 1] under a
 plain name, or the command stops with one line (a NaN threshold would otherwise call every image
 positive). It is written through `medclass.utils.io`, so a link planted at its name is replaced, not
@@ -21,6 +22,7 @@ from medclass.utils import schema as s
 from medclass.utils.io import write_json
 
 log = logging.getLogger("medclass")
+MAX_BYTES = 2**20
 MIN_TEMPERATURE, MAX_TEMPERATURE = 0.01, 100.0  # eval fits within [0.05, 20]; 5e-324 would make every p NaN
 
 VALUES = s.record({
@@ -75,10 +77,13 @@ def save(checkpoint: str | Path, temperature: float | None, thresholds: dict[str
 def load(checkpoint: str | Path, default: dict[str, Any] | None = None) -> dict[str, Any]:
     """The checked values of the file beside `checkpoint`; `default` (or {}) when there is none. A symbolic
     link at its name is refused: eval.py writes a plain file there, so a link was planted."""
+    from medclass.untrusted.files import read_json
+
     path = path_for(checkpoint)
     if path.is_symlink():
         raise s.Invalid(f"{path} is a symbolic link, not the file eval.py writes; refusing to read or replace it "
                         "(delete it, then run eval.py again)")
-    if not path.is_file():
+    if not path.exists():
         return dict(default or {})
-    return check(s.read_json(path, "an operating file"), str(path))  # every fault names the path
+    # a regular file of at most 1 MiB (eval.py writes under 2 KB), never a FIFO or device: one line naming it
+    return check(read_json(path, "the operating file", MAX_BYTES, follow_links=False), str(path))

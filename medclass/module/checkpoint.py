@@ -1,32 +1,49 @@
 """Reading a model file as data: a Lightning checkpoint (`.ckpt`) or an export (`.safetensors` + `.json`).
 
 A model file may come from a stranger. It is read, never run:
-- tensors and plain values only (`torch.load(weights_only=True)`; safetensors holds no code at all);
+- tensors and plain values only (`torch.load(weights_only=True)`; safetensors holds no code at all), through
+  `medclass.untrusted.model_file`: a regular file with torch.save's layout, memory-mapped, so no tensor is read
+  before it is known to be needed;
 - only the top-level keys Lightning and medclass write (`hparams` and `module_arguments`, which
   Lightning's own loader would merge into the constructor's arguments, are refused);
 - the description (`hyper_parameters`) passes `medclass.module.hparams.validate`: known keys, plain
   values in range, no `${`; the network and the data are registry names with checked options;
+- the weights are held against the network the description builds on the meta device (no memory): the same
+  names and shapes, real floating point where the network has floating point. A tensor the network does not use
+  is refused unread, so the bytes read are those of the network's own weights;
 - the Classifier is built from that checked description by medclass's own registries, with the
   file-safe network options (no download, no other weights file), and the weights are loaded with
-  `load_state_dict(strict=True)`. Lightning's `load_from_checkpoint` is not used, and nothing read
-  from the file reaches `hydra.utils.instantiate` or OmegaConf.
+  `load_state_dict(strict=True)`; then every weight must be finite in the network's own dtype, every BatchNorm
+  variance non-negative, and a probe forward pass on two fixed images finite. Lightning's `load_from_checkpoint`
+  is not used, and nothing read from the file reaches `hydra.utils.instantiate` or OmegaConf.
+
+Resuming (`train.py ckpt_path=`) hands Lightning far more than weights: loop counters, optimizer and scheduler
+states, callback states with paths that ModelCheckpoint later deletes. `check_resume` reads the whole file as
+data (every part a bounded plain tree; callback states only of the callbacks medclass configures, each against
+its schema), and `Resume.prepare` keeps what fits this run (weights of the configured network; ModelCheckpoint
+paths inside this run's checkpoint folder, else dropped and rebuilt) and writes it as a new file in the run
+folder. Lightning reads only that copy; `ResumeGuard` then holds the optimizer, scheduler and loop states
+against the live ones before Lightning restores them.
 """
 
 from __future__ import annotations
 
 import logging
-import math
+import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import lightning as L
 import torch
 
 from medclass.model import registry as model_registry
 from medclass.module import Classifier
 from medclass.module.hparams import validate
+from medclass.untrusted import model_file as mf
+from medclass.untrusted.files import MiB, Refused, printable
 from medclass.utils import schema as s
 from medclass.utils.errors import MedclassError
 
@@ -35,7 +52,8 @@ log = logging.getLogger("medclass")
 # what Lightning writes at the top of a checkpoint (loops, callbacks and optimizer states for resuming)
 CKPT_KEYS = frozenset({"epoch", "global_step", "pytorch-lightning_version", "state_dict", "loops", "callbacks",
                        "optimizer_states", "lr_schedulers", "hparams_name", "hyper_parameters",
-                       "random_state", "medclass_seal",  # medclass.callbacks.random_state; medclass.untrusted.seal
+                       "random_state",  # medclass.callbacks.random_state
+                       "medclass_seal",  # medclass.untrusted.seal: whose data paths the file may name
                        "averaging_state", "current_model_state"})  # Lightning's WeightAveraging (callbacks.ema)
 PRECISION_STATE = re.compile(r"[A-Za-z]*Precision(Plugin)?")  # a precision plugin's state (AMP's grad scaler)
 LEGACY_KEYS = ("hparams", "module_arguments")  # Lightning's loader merges these into the constructor's arguments
@@ -46,28 +64,30 @@ MAX_ACTIVATION_BYTES = 2**30  # one layer's output for one image; ResNet-50 at 2
 
 @dataclass
 class ModelFile:
-    """What a model file says, checked: its description, weights and (exports) operating values and metrics."""
+    """What a model file says, checked: its description, weights (exactly the network's tensors: names, shapes and
+    dtypes checked, data not yet read for a checkpoint) and (exports) operating values; `sealed` when this account's
+    medclass wrote its data description (`medclass.untrusted.seal`)."""
 
     path: Path
     hparams: dict[str, Any]
     state_dict: Mapping[str, torch.Tensor]
     operating: dict[str, Any] = field(default_factory=dict)
+    sealed: bool = False
 
 
 def read_checkpoint(path: str | Path) -> dict[str, Any]:
-    """A `.ckpt` file's content (weights only, memory-mapped), its top-level keys checked."""
+    """A `.ckpt` file's content (weights only, memory-mapped: no tensor read yet), its top-level keys checked."""
     path = Path(path)
-    if not path.is_file():
+    if not path.exists() and not path.is_symlink():
         raise MedclassError(f"checkpoint {path} does not exist; pass ckpt_path=<run>/checkpoints/<file>.ckpt")
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except Exception as err:
-        raise MedclassError(f"cannot load checkpoint {path} safely ({type(err).__name__}: "
-                            f"{str(err).splitlines()[0][:300]})") from err
+        ckpt = mf.load_checkpoint(path, "checkpoint")
+    except Refused as err:
+        raise MedclassError(str(err)) from None
     if not isinstance(ckpt, dict):
         raise s.Invalid(f"checkpoint {path} holds a {type(ckpt).__name__}, not a Lightning checkpoint")
     legacy = [k for k in LEGACY_KEYS if k in ckpt]
-    unknown = sorted(str(k) for k in ckpt if k not in CKPT_KEYS and k not in LEGACY_KEYS
+    unknown = sorted(printable(repr(k), 80) for k in ckpt if k not in CKPT_KEYS and k not in LEGACY_KEYS
                      and not (isinstance(k, str) and PRECISION_STATE.fullmatch(k)))
     if legacy or unknown:
         raise s.Invalid(f"checkpoint {path} has top-level keys medclass does not write ({', '.join(legacy + unknown)});"
@@ -82,21 +102,32 @@ def description_path(weights: str | Path) -> Path:
     return Path(weights).with_suffix(".json")
 
 
+def _sealed(hparams: Mapping[str, Any], tag: Any) -> bool:
+    try:
+        from medclass.untrusted.seal import verify
+    except ImportError:  # an older tree without seals: no path is trusted
+        return False
+    return verify(hparams.get("data_cfg"), tag)
+
+
 def read_export(path: Path) -> ModelFile:
-    """`<name>.safetensors` with `<name>.json` (written by `medclass-export format=safetensors`)."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
+    """`<name>.safetensors` with `<name>.json` (written by `medclass-export format=safetensors`): the description,
+    then the header's names, dtypes and shapes against the network it describes, then only those tensors."""
     from medclass.eval import operating_file
+    from medclass.untrusted.files import read_json
 
-    if not path.is_file():
+    if not path.exists() and not path.is_symlink():
         raise MedclassError(f"model file {path} does not exist; export one with medclass-export format=safetensors")
     meta_path = description_path(path)
-    raw = s.read_json(meta_path, f"{path.name} needs its description {meta_path.name} beside it (written by "
-                    "medclass-export format=safetensors)")
+    try:
+        raw = read_json(meta_path, f"{path.name} needs its description (written by medclass-export "
+                        "format=safetensors); the description")
+    except Refused as err:
+        raise MedclassError(str(err)) from None
     header = s.record({"format": s.choice(DESCRIPTION_FORMAT), "version": s.choice(1),
                        "hyper_parameters": lambda v, w: v, "operating": s.optional(lambda v, w: v),
-                       "metrics": s.optional(s.plain(4, 1000)), "source": s.optional(s.text())},
+                       "metrics": s.optional(s.plain(4, 1000)), "source": s.optional(s.text()),
+                       "medclass_seal": s.optional(s.text(128))},
                       required=("format", "version", "hyper_parameters"))
     try:
         meta = header(raw, "")
@@ -104,11 +135,14 @@ def read_export(path: Path) -> ModelFile:
         raise s.Invalid(f"{meta_path}: {str(err).lstrip('.')}; it is not a description medclass wrote") from None
     hparams = validate(meta["hyper_parameters"], str(meta_path))
     operating = operating_file.check(meta.get("operating") or {}, str(meta_path))
+    source = str(path)
     try:
-        state = load_file(str(path), device="cpu")
-    except (SafetensorError, OSError, ValueError) as err:
-        raise MedclassError(f"cannot read {path} as safetensors ({type(err).__name__}: {err})") from err
-    return ModelFile(path, hparams, check_weights(state, str(path)), operating)
+        expected = expected_weights(hparams, source)
+        mf.check_against(mf.safetensors_index(path), expected, source)
+        state = mf.read_safetensors(path, list(expected))
+    except Refused as err:
+        raise s.Invalid(str(err)) from None
+    return ModelFile(path, hparams, state, operating, _sealed(hparams, meta.get("medclass_seal")))
 
 
 def read_model_file(path: str | Path) -> ModelFile:
@@ -117,20 +151,27 @@ def read_model_file(path: str | Path) -> ModelFile:
     if path.suffix == ".safetensors":
         return read_export(path)
     ckpt = read_checkpoint(path)
-    hparams = validate(ckpt["hyper_parameters"], f"checkpoint {path}")
-    return ModelFile(path, hparams, check_weights(ckpt["state_dict"], f"checkpoint {path}"))
+    source = f"checkpoint {path}"
+    hparams = validate(ckpt["hyper_parameters"], source)
+    state = checked_weights(ckpt["state_dict"], expected_weights(hparams, source), source)
+    return ModelFile(path, hparams, state, sealed=_sealed(hparams, ckpt.get("medclass_seal")))
+
+
+def checked_weights(state: Any, expected: Mapping[str, mf.TensorInfo], source: str) -> Mapping[str, torch.Tensor]:
+    """`state` (memory-mapped tensors) when its names, dtypes and shapes are exactly `expected`; nothing read."""
+    try:
+        mf.check_against(mf.index_of(state, source), expected, source)
+    except Refused as err:
+        raise s.Invalid(str(err)) from None
+    return state
 
 
 def check_weights(state: Any, source: str) -> Mapping[str, torch.Tensor]:
-    """A mapping of at most 100,000 plain-named tensors, every floating-point one finite (a NaN weight would
-    make every prediction NaN, with exit code 0)."""
-    if not isinstance(state, Mapping) or len(state) > 100_000:
-        raise s.Invalid(f"{source}: state_dict is not a mapping of at most 100,000 tensors")
-    for key, value in state.items():
-        if not isinstance(key, str) or len(key) > 500 or not isinstance(value, torch.Tensor):
-            raise s.Invalid(f"{source}: state_dict entry {s._show(key)} is not a named tensor")
-        if value.is_floating_point() and not bool(torch.isfinite(value).all()):
-            raise s.Invalid(f"{source}: weight {key} holds NaN or infinite values")
+    """A mapping of plain-named dense tensors (names and sizes only: nothing read)."""
+    try:
+        mf.index_of(state, source)
+    except Refused as err:
+        raise s.Invalid(str(err)) from None
     return state
 
 
@@ -139,29 +180,30 @@ def read_hparams(path: str | Path) -> dict[str, Any]:
     return read_model_file(path).hparams
 
 
-def check_shapes(hparams: Mapping[str, Any], net: Mapping[str, Any], state: Mapping[str, torch.Tensor],
-                 source: str) -> None:
-    """The described network built on the meta device (no memory) must not hold more numbers than the file's
-    weights, and its tensors must have the file's shapes, before it is built for real: a description cannot ask
-    for more memory than the file's own weights take. (Names are `load_state_dict(strict=True)`'s business: frozen
-    layers, for one, drop BatchNorm's step counters.)"""
-    info = hparams["data_info"]
+def file_safe_net(hparams: Mapping[str, Any]) -> dict[str, Any]:
+    """The described network's options with the file-safe ones forced (no download, no other weights file)."""
+    arch = model_registry.ARCHITECTURES[hparams["net"]["arch"]]
+    return {**hparams["net"], **{k: v for k, v in arch.from_file.items() if k in hparams["net"]}}
+
+
+def skeleton(hparams: Mapping[str, Any]) -> Classifier:
+    """The Classifier a checked description builds, on the meta device: its state_dict's names, shapes and dtypes,
+    and its layers' output sizes, without memory or time."""
     with torch.device("meta"):
-        skeleton = model_registry.build(net, in_chans=info["in_chans"], num_classes=len(info["class_names"]),
-                                        from_file=True)
-    wanted = {f"net.{k}": tuple(v.shape) for k, v in skeleton.state_dict().items()}
-    given = {k: tuple(v.shape) for k, v in state.items() if k.startswith("net.")}
-    other = sorted(k for k in wanted.keys() & given.keys() if wanted[k] != given[k])
-    described, held = (sum(math.prod(v) for v in d.values()) for d in (wanted, given))
-    if other or described > held + 1000:
-        example = f"{other[0]} {list(wanted[other[0]])} described, {list(given[other[0]])} in the file" if other else ""
-        raise s.Invalid(f"{source}: its weights do not fit the network it describes ({described:,} numbers described, "
-                        f"{held:,} in the file{'; ' + example if example else ''})")
-    largest = largest_activation(skeleton, info["in_chans"], info["image_size"])
+        return Classifier(**{**hparams, "net": file_safe_net(hparams), "compile": False})
+
+
+def expected_weights(hparams: Mapping[str, Any], source: str) -> dict[str, mf.TensorInfo]:
+    """What the described network loads (names, dtypes, shapes), after the bound on its activations: a description
+    cannot ask for more memory than the weights the file must then hold, nor for layers no image fits through."""
+    module = skeleton(hparams)
+    info = hparams["data_info"]
+    largest = largest_activation(module.net, info["in_chans"], info["image_size"])
     if largest * 4 > MAX_ACTIVATION_BYTES:
         raise s.Invalid(f"{source}: one {info['image_size']} px image would need a {largest * 4 / 2**30:.1f} GB "
                         f"activation in this network (at most {MAX_ACTIVATION_BYTES / 2**30:.0f} GB); it is not a "
                         "model medclass can run here")
+    return mf.expected_index(module)
 
 
 def largest_activation(net: torch.nn.Module, in_chans: int, size: int) -> int:
@@ -170,6 +212,7 @@ def largest_activation(net: torch.nn.Module, in_chans: int, size: int) -> int:
     sizes: list[int] = []
     hooks = [m.register_forward_hook(lambda _m, _i, out: sizes.append(out.numel() if isinstance(out, torch.Tensor)
                                                                       else 0)) for m in net.modules()]
+    was_training = net.training
     try:
         with torch.device("meta"), torch.no_grad():
             net.eval()(torch.zeros(1, in_chans, size, size))
@@ -180,42 +223,49 @@ def largest_activation(net: torch.nn.Module, in_chans: int, size: int) -> int:
     finally:
         for hook in hooks:
             hook.remove()
+        net.train(was_training)
     return max(sizes, default=0)
 
 
-def build_classifier(hparams: Mapping[str, Any], state: Mapping[str, torch.Tensor] | None = None,
-                     source: str = "model file") -> Classifier:
-    """A Classifier from a checked description; the network with its file-safe options (no weights read), after
-    `check_shapes` against `state` when given."""
-    arch = model_registry.ARCHITECTURES[hparams["net"]["arch"]]
-    net = {**hparams["net"], **{k: v for k, v in arch.from_file.items() if k in hparams["net"]}}
-    if state is not None:
-        check_shapes(hparams, net, state, source)
-    module = Classifier(**{**hparams, "net": net, "compile": False})
+def build_classifier(hparams: Mapping[str, Any]) -> Classifier:
+    """A Classifier from a checked description; the network with its file-safe options (no weights read)."""
+    module = Classifier(**{**hparams, "net": file_safe_net(hparams), "compile": False})
     module.hparams.update(net=dict(hparams["net"]), compile=hparams.get("compile", False))  # as the file says
     module.read_from_file = True
     return module
 
 
+def load_weights(module: Classifier, state: Mapping[str, torch.Tensor], source: str) -> None:
+    """`state` (names, dtypes and shapes already checked) into `module`, strictly; then the numbers: finite in the
+    network's dtype, non-negative variances, and finite outputs of a probe pass on two fixed images."""
+    from medclass.module.tasks import probabilities
+
+    try:
+        module.load_state_dict(state, strict=True)
+    except Exception as err:
+        first = str(err).splitlines()
+        raise MedclassError(f"the weights in {source} do not fit the network it describes "
+                            f"({' '.join(line.strip() for line in first[:3])[:300]})") from err
+    info = module.hparams.data_info
+    was_training = module.training
+    try:
+        mf.check_loaded(module, source)
+        module.eval()
+        mf.probe(lambda x: probabilities(module(x).float(), info["task"]), info["in_chans"], info["image_size"],
+                 source)
+    except Refused as err:
+        raise MedclassError(str(err)) from None
+    finally:
+        module.train(was_training)
+
+
 def load_classifier(path: str | Path, map_location: str | torch.device = "cpu") -> Classifier:
     """The model a `.ckpt` or `.safetensors` file describes, with its weights; any fault is one error line."""
     model_file = read_model_file(path)
-    module = build_classifier(model_file.hparams, model_file.state_dict, str(path))
-    try:
-        module.load_state_dict(model_file.state_dict, strict=True)
-    except Exception as err:
-        first = str(err).splitlines()
-        raise MedclassError(f"the weights in {path} do not fit the network it describes "
-                            f"({' '.join(line.strip() for line in first[:3])[:300]})") from err
+    module = build_classifier(model_file.hparams)
+    load_weights(module, model_file.state_dict, str(path))
     module.model_file = model_file  # its operating values, for predict.py and export.py
     return module.to(map_location)
-
-
-def check_resume(path: str | Path) -> None:
-    """What `train.py ckpt_path=` checks before Lightning reads the file: the same reading as `load_classifier`
-    (top-level keys, description); Lightning then restores weights, optimizer and loop state from it."""
-    ckpt = read_checkpoint(path)
-    validate(ckpt["hyper_parameters"], f"checkpoint {path}")
 
 
 def model_meta(module: Classifier) -> dict[str, Any]:
@@ -224,3 +274,365 @@ def model_meta(module: Classifier) -> dict[str, Any]:
     return {"class_names": list(info["class_names"]), "task": info["task"], "image_size": int(info["image_size"]),
             "in_chans": int(info["in_chans"]), "mean": list(info["mean"]), "std": list(info["std"]),
             "symmetry": info.get("symmetry", "sided")}
+
+
+# -- resuming: the whole file checked, then a copy of what fits this run ------------------------------------
+LOOPS = ("fit_loop", "validate_loop", "test_loop", "predict_loop")
+MAX_OPTIMIZERS = 16
+
+
+def _scalar(none: bool = False) -> s.Check:
+    """A 0-dim real floating-point tensor that is not NaN (±inf is Lightning's own start value); or None."""
+    def check(value: Any, where: str) -> Any:
+        if value is None and none:
+            return value
+        if (not isinstance(value, torch.Tensor) or value.ndim != 0 or mf.dtype_name(value.dtype) not in mf.FLOATS
+                or bool(torch.isnan(value))):
+            raise s.Invalid(f"{where}: expected a scalar tensor that is not NaN{' (or null)' if none else ''}")
+        return value
+    return check
+
+
+PATH = s.text(mf.MAX_TEXT)
+COUNT = s.integer(0, 10**12)
+CALLBACK_STATES: dict[str, s.Check] = {  # the callbacks medclass configures that keep state, by class name
+    "ModelCheckpoint": s.record({
+        "monitor": s.optional(s.text(256)), "best_model_score": _scalar(none=True), "best_model_path": PATH,
+        "current_score": _scalar(none=True), "dirpath": s.optional(PATH),
+        "best_k_models": s.mapping(PATH, _scalar(), 10_000), "kth_best_model_path": PATH,
+        "kth_value": _scalar(none=True), "last_model_path": PATH}, required=("best_model_score", "best_model_path")),
+    "EarlyStopping": s.record({
+        "wait_count": COUNT, "stopped_epoch": COUNT, "best_score": _scalar(), "patience": COUNT,
+        "stopping_reason": s.integer(0, 64), "stopping_reason_message": s.optional(s.text(1000))},
+        required=("wait_count", "stopped_epoch", "best_score", "patience")),
+    **dict.fromkeys(("EMA", "EMAWeightAveraging", "WeightAveraging"),
+                    s.record({"latest_update_step": COUNT}, required=("latest_update_step",))),
+}
+STATE_KEY = re.compile(r"([A-Za-z_][A-Za-z0-9_]*)(\{.*\})?", re.DOTALL)
+
+
+def _part(ckpt: Mapping[str, Any], key: str, check: s.Check, source: str) -> Any:
+    try:
+        return check(ckpt[key], key)
+    except s.Invalid as err:
+        raise s.Invalid(f"{source}: {err}; resume only checkpoints medclass wrote, or start from the weights "
+                        "with init_from=<file> (docs/training.md)") from None
+
+
+def _tree(max_values: int = mf.MAX_TREE_VALUES) -> s.Check:
+    def check(value: Any, where: str) -> Any:
+        try:
+            mf.check_plain_tree(value, where, max_values)
+        except Refused as err:
+            raise s.Invalid(str(err)) from None
+        return value
+    return check
+
+
+def _callbacks(value: Any, where: str) -> dict[str, Any]:
+    """Callback states keyed by Lightning's state key (`ModelCheckpoint{'monitor': ...}`): only the callbacks
+    medclass configures, each through its schema."""
+    if not isinstance(value, Mapping) or len(value) > 64:
+        raise s.fail(where, value, "a mapping of at most 64 callback states")
+    out = {}
+    for key, state in value.items():
+        found = STATE_KEY.fullmatch(key) if isinstance(key, str) and len(key) <= 2000 else None
+        if not found or found[1] not in CALLBACK_STATES:
+            raise s.Invalid(f"{where}[{printable(repr(key), 100)}] is not a callback medclass configures "
+                            f"({', '.join(sorted(set(CALLBACK_STATES)))} keep state)")
+        out[key] = CALLBACK_STATES[found[1]](state, f"{where}[{found[1]}]")
+    return out
+
+
+def _random_state(value: Any, where: str) -> dict[str, Any]:
+    """medclass.callbacks.random_state's generators, each set on a scratch generator of its kind first: what
+    torch, NumPy and Python refuse is refused here, before training starts."""
+    import random
+
+    import numpy as np
+
+    from medclass.callbacks.random_state import _as_tuples
+
+    _tree(100_000)(value, where)
+    state = s.record({"torch": lambda v, w: v, "cuda": s.list_of(lambda v, w: v, 0, 64), "numpy": lambda v, w: v,
+                      "python": lambda v, w: v, "pipeline": s.list_of(lambda v, w: v, 0, 1000)},
+                     required=("torch", "cuda", "numpy", "python", "pipeline"))(value, where)
+    def byte_state(v: Any) -> bool:
+        return isinstance(v, torch.Tensor) and v.dtype == torch.uint8 and v.ndim == 1 and v.numel() <= MiB
+
+    trials: list[tuple[str, Any]] = [
+        ("torch", lambda: byte_state(state["torch"]) and torch.Generator().set_state(state["torch"].clone())),
+        ("cuda", lambda: all(byte_state(v) for v in state["cuda"])),
+        ("numpy", lambda: np.random.RandomState().set_state(
+            (state["numpy"][0], np.asarray(state["numpy"][1], dtype=np.uint32), *state["numpy"][2:]))),
+        ("python", lambda: random.Random().setstate(_as_tuples(state["python"]))),
+    ]
+    for i, part in enumerate(state["pipeline"]):
+        def pipeline(part: Any = part) -> bool:
+            generator, python = part
+            kind = generator["bit_generator"]
+            if kind not in ("PCG64", "PCG64DXSM", "MT19937", "Philox", "SFC64"):
+                return False
+            getattr(np.random, kind)().state = generator
+            random.Random().setstate(_as_tuples(python))
+            return True
+        trials.append((f"pipeline[{i}]", pipeline))
+    for name, trial in trials:
+        try:
+            ok = trial() is not False
+        except Exception:
+            ok = False
+        if not ok:
+            raise s.Invalid(f"{where}.{name} is not a generator state {name.split('[')[0]} can take")
+    return state
+
+
+def _optimizer_states(value: Any, where: str) -> list[Any]:
+    if not isinstance(value, list) or len(value) > MAX_OPTIMIZERS:
+        raise s.fail(where, value, f"a list of at most {MAX_OPTIMIZERS} optimizer states")
+    _tree()(value, where)
+    for i, opt in enumerate(value):
+        s.record({"state": s.mapping(s.integer(0, 10**7), s.mapping(s.text(64), lambda v, w: v, 64), 10**7),
+                  "param_groups": s.list_of(s.mapping(s.text(64), lambda v, w: v, 256), 0, 1000)},
+                 required=("state", "param_groups"))(opt, f"{where}[{i}]")
+    return value
+
+
+TOP_LEVEL: dict[str, s.Check] = {
+    "epoch": COUNT, "global_step": COUNT,
+    "pytorch-lightning_version": s.text(40, r"[0-9A-Za-z.+\-]+", "a version such as 2.6.0"),
+    "hparams_name": s.optional(s.text(100)), "medclass_seal": s.optional(s.text(128)),
+    "loops": s.record(dict.fromkeys(LOOPS, _tree(100_000))),
+    "callbacks": _callbacks,
+    "optimizer_states": _optimizer_states,
+    "lr_schedulers": s.list_of(s.mapping(s.text(64), _tree(1_000_000), 256), 0, MAX_OPTIMIZERS),
+    "random_state": _random_state,
+    "averaging_state": s.mapping(s.text(200), _tree(1000), 64),
+}
+
+
+@dataclass
+class Resume:
+    """A checkpoint checked for resuming; `prepare` makes the copy Lightning reads."""
+
+    path: Path
+    ckpt: dict[str, Any]
+    source: str
+
+    def prepare(self, module: Classifier, callbacks: list[Any], folder: Path, rank: int = 0, training: bool = True
+                ) -> tuple[Path, ResumeGuard]:
+        """The parts of the checkpoint that fit this run, written to `folder` as a new file (medclass.utils.io) for
+        Lightning to read instead of the original; and the callback that checks the rest once fit has built its
+        optimizers. Weights must be the configured network's (names, shapes, real floating point, finite);
+        optimizer state tensors the shapes of the parameters they belong to; ModelCheckpoint paths files in this
+        run's checkpoint folder, or the record of best checkpoints starts afresh."""
+        from lightning.pytorch.callbacks import ModelCheckpoint, WeightAveraging
+
+        from medclass.utils.io import atomic_open
+
+        ckpt, source = self.ckpt, self.source
+        expected = mf.expected_index(module)
+        copy: dict[str, Any] = {k: ckpt[k] for k in ("epoch", "global_step", "pytorch-lightning_version",
+                                                      "hparams_name", "random_state") if k in ckpt}
+        copy["state_dict"] = self._weights(ckpt["state_dict"], expected, module, "state_dict")
+        load_weights(module, copy["state_dict"], self.source)  # what Lightning restores next: probed first
+        averaging = any(isinstance(c, WeightAveraging) for c in callbacks)
+        if averaging and "current_model_state" in ckpt and "averaging_state" in ckpt:
+            copy["current_model_state"] = self._weights(ckpt["current_model_state"], expected, module,
+                                                        "current_model_state")
+            copy["averaging_state"] = ckpt["averaging_state"]
+        if training and "fit_loop" in (ckpt.get("loops") or {}):  # testing restores no loop state that matters
+            copy["loops"] = {"fit_loop": ckpt["loops"]["fit_loop"]}
+        if "optimizer_states" in ckpt:
+            copy["optimizer_states"] = self._optimizers(ckpt["optimizer_states"], module)
+        if "lr_schedulers" in ckpt:
+            copy["lr_schedulers"] = ckpt["lr_schedulers"]
+        copy.update({k: v for k, v in ckpt.items() if isinstance(k, str) and PRECISION_STATE.fullmatch(k)})
+        configured = {c.state_key: c for c in callbacks if hasattr(c, "state_key")}
+        kept = {}
+        for key, state in (ckpt.get("callbacks") or {}).items():
+            callback = configured.get(key)
+            if callback is None:
+                continue  # a callback this run does not configure: Lightning would not restore it either
+            kept[key] = self._checkpoint_paths(state, callback) if isinstance(callback, ModelCheckpoint) else state
+        copy["callbacks"] = kept
+        name = self.path.stem + (f".rank{rank}" if rank else "") + ".ckpt"
+        target = folder / name
+        with atomic_open(target, "wb") as f:
+            torch.save(copy, f)
+        return target, ResumeGuard(copy, source, self.path)
+
+    def _weights(self, state: Any, expected: Mapping[str, mf.TensorInfo], module: Classifier, part: str
+                 ) -> Mapping[str, torch.Tensor]:
+        """A state_dict that is exactly the configured network's, with every number finite in its dtype and every
+        BatchNorm variance non-negative (reads the network's own bytes, nothing else)."""
+        where = f"{self.source} ({part})"
+        try:
+            mf.check_against(mf.index_of(state, where), expected, where)
+        except Refused as err:
+            raise s.Invalid(f"{err}; resume with the network the checkpoint was trained with, or start from its "
+                            "weights with init_from=<file> (docs/training.md)") from None
+        dtypes = {k: v.dtype for k, v in module.state_dict().items()}
+        for key, tensor in state.items():
+            if not tensor.is_floating_point():
+                continue
+            cast = tensor.to(dtypes[key])
+            if not bool(torch.isfinite(cast).all()):
+                raise s.Invalid(f"{where}: weight {key} holds NaN or infinite values (in the network's "
+                                f"{mf.dtype_name(dtypes[key])})")
+            if key.endswith("running_var") and bool((cast < 0).any()):
+                raise s.Invalid(f"{where}: {key} holds a negative BatchNorm variance")
+        return state
+
+    def _optimizers(self, states: list[Any], module: Classifier) -> list[Any]:
+        """Optimizer states laid out as the configured module's optimizer will be: one optimizer, its parameter
+        groups as `Classifier._param_groups` makes them, each state tensor a scalar or its parameter's shape,
+        finite."""
+        groups = module._param_groups()
+        groups = [list(g["params"]) for g in groups] if isinstance(groups, list) else [list(groups)]
+        params = [p for g in groups for p in g]
+        where = f"{self.source}: optimizer_states"
+        advice = "; resume with the optimizer and network the checkpoint was trained with (docs/training.md)"
+        if len(states) != 1:
+            raise s.Invalid(f"{where} holds {len(states)} optimizers; this run configures 1{advice}")
+        saved = states[0]
+        sizes = [len(g.get("params") or []) for g in saved["param_groups"]]
+        if sizes != [len(g) for g in groups]:
+            raise s.Invalid(f"{where}: parameter groups of {sizes} parameters; this run's optimizer has "
+                            f"{[len(g) for g in groups]}{advice}")
+        for index, entry in saved["state"].items():
+            if index >= len(params):
+                raise s.Invalid(f"{where}: state for parameter {index}; the network has {len(params)}{advice}")
+            for name, value in entry.items():
+                if not isinstance(value, torch.Tensor):
+                    continue
+                if value.ndim and tuple(value.shape) != tuple(params[index].shape):
+                    raise s.Invalid(f"{where}: {name} of parameter {index} has shape {list(value.shape)}; the "
+                                    f"parameter has {list(params[index].shape)}{advice}")
+                if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+                    raise s.Invalid(f"{where}: {name} of parameter {index} holds NaN or infinite values")
+        return states
+
+    def _checkpoint_paths(self, state: dict[str, Any], callback: Any) -> dict[str, Any]:
+        """ModelCheckpoint's record with every path a `.ckpt` file directly in this run's checkpoint folder (links
+        resolved, no URL such as `local://`): Lightning deletes "the previous" last and k-th best files by these
+        paths. Paths elsewhere are dropped: the record of best checkpoints (paths and scores) starts afresh, and
+        `dirpath` is this run's, so Lightning adopts the rest."""
+        folder = callback.dirpath
+        state = dict(state)
+
+        def inside(path: str) -> bool:
+            if not path or not folder or re.match(r"[A-Za-z][A-Za-z0-9+.\-]*:", path):
+                return False
+            real = os.path.realpath(path)
+            return real.endswith(".ckpt") and os.path.dirname(real) == os.path.realpath(folder)
+
+        best = [state.get("best_model_path", ""), state.get("kth_best_model_path", ""),
+                *state.get("best_k_models", {})]
+        if not all(inside(p) for p in best if p):
+            log.warning("%s: its ModelCheckpoint record names files outside this run's checkpoint folder %s; the "
+                        "record of best checkpoints starts afresh", self.source, folder)
+            state.update(best_model_path="", best_model_score=None, best_k_models={}, kth_best_model_path="",
+                         kth_value=callback.kth_value)
+        if state.get("last_model_path") and not inside(state["last_model_path"]):
+            state["last_model_path"] = ""
+        state["dirpath"] = folder
+        return state
+
+
+def check_resume(path: str | Path) -> Resume:
+    """What `train.py ckpt_path=` checks before anything is built: the reading `load_classifier` does (top-level
+    keys, description, weights as named tensors), and every other part as data: loops, callbacks (only those
+    medclass configures, each against its schema), optimizer and scheduler states (bounded plain trees), the
+    random generators (each set on a scratch generator). `Resume.prepare` then fits it to this run."""
+    path = Path(path)
+    ckpt = read_checkpoint(path)
+    source = f"checkpoint {path}"
+    validate(ckpt["hyper_parameters"], source)
+    check_weights(ckpt["state_dict"], source)
+    if "current_model_state" in ckpt:
+        check_weights(ckpt["current_model_state"], f"{source} (current_model_state)")
+    for key in ckpt:
+        if key in TOP_LEVEL:
+            _part(ckpt, key, TOP_LEVEL[key], source)
+        elif isinstance(key, str) and PRECISION_STATE.fullmatch(key):
+            _part(ckpt, key, _tree(1000), source)
+    return Resume(path, ckpt, source)
+
+
+def _kind(value: Any) -> str:
+    if value is None or isinstance(value, bool):
+        return "flag"
+    if isinstance(value, (int, float)):
+        return "number"
+    if isinstance(value, torch.Tensor):
+        return "tensor"
+    return type(value).__name__ if not isinstance(value, (list, tuple)) else "sequence"
+
+
+def same_layout(fresh: Any, saved: Any, where: str, subset: bool = False) -> None:
+    """`saved` has the layout of `fresh` (the live object's own state): the same keys (`subset`: no others), the
+    same kinds of value (numbers, flags, tensors of the same shape), sequences of the same length and the same
+    text, so Lightning's and torch's loaders meet only what they wrote themselves."""
+    stack = [(where, fresh, saved)]
+    while stack:
+        at, a, b = stack.pop()
+        if isinstance(a, Mapping) and isinstance(b, Mapping):
+            if (set(b) - set(a)) or (not subset and set(a) != set(b)):
+                other = sorted(map(str, (set(b) ^ set(a)) if not subset else set(b) - set(a)))
+                raise s.Invalid(f"{at} has keys this run's does not ({printable(', '.join(other), 200)})")
+            stack.extend((f"{at}.{k}", a[k], b[k]) for k in b)
+        elif _kind(a) != _kind(b):
+            raise s.Invalid(f"{at}: a {_kind(b)} where this run has a {_kind(a)}")
+        elif isinstance(a, (list, tuple)):
+            if len(a) != len(b):
+                raise s.Invalid(f"{at}: {len(b)} items where this run has {len(a)}")
+            stack.extend((f"{at}[{i}]", x, y) for i, (x, y) in enumerate(zip(a, b, strict=True)))
+        elif isinstance(a, str) and a != b:
+            raise s.Invalid(f"{at}: text other than this run's")
+        elif isinstance(a, torch.Tensor) and a.shape != b.shape:
+            raise s.Invalid(f"{at}: shape {list(b.shape)} where this run has {list(a.shape)}")
+
+
+SCHEDULE_LENGTH = ("total_steps", "T_max", "milestones", "epochs", "steps_per_epoch", "total_iters")
+
+
+class ResumeGuard(L.Callback):
+    """Before Lightning restores loops, optimizers and schedulers (after `on_fit_start`), the copy's states must
+    have the layout of this run's own: one error line instead of a traceback deep in torch. A schedule's length
+    must be this run's too (a one-cycle schedule of 4 steps stepped a fifth time raises mid-run)."""
+
+    def __init__(self, copy: Mapping[str, Any], source: str, original: Path) -> None:
+        self.copy, self.source, self.original = copy, source, original
+
+    def on_fit_start(self, trainer: Any, pl_module: Any) -> None:
+        advice = ("; resume with the configuration the checkpoint was trained with, or start from its weights with "
+                  "init_from=<file> (docs/training.md)")
+        connector = getattr(trainer, "_checkpoint_connector", None)
+        if connector is not None and hasattr(connector, "_ckpt_path"):
+            # the file the user named, as Lightning would hold it: its log line names it, and ModelCheckpoint
+            # keeps the checkpoint a run resumed from rather than deleting it as an old best
+            connector._ckpt_path = str(self.original)
+        try:
+            loops = self.copy.get("loops", {})
+            if "fit_loop" in loops:
+                same_layout(trainer.fit_loop.state_dict(), loops["fit_loop"], "loops.fit_loop")
+            schedulers = self.copy.get("lr_schedulers", [])
+            live = [c.scheduler for c in trainer.lr_scheduler_configs]
+            if len(schedulers) != len(live):
+                raise s.Invalid(f"lr_schedulers holds {len(schedulers)} schedulers; this run configures {len(live)}")
+            for i, (scheduler, state) in enumerate(zip(live, schedulers, strict=True)):
+                fresh = scheduler.state_dict()
+                same_layout(fresh, state, f"lr_schedulers[{i}]", subset=True)
+                for key in SCHEDULE_LENGTH:
+                    if key in state and state[key] != fresh.get(key):
+                        raise s.Invalid(f"lr_schedulers[{i}].{key} is {s._show(state[key])} where this run's "
+                                        f"schedule has {s._show(fresh.get(key))} (trainer.max_epochs, the data or "
+                                        "the scheduler changed)")
+            for i, (optimizer, state) in enumerate(zip(trainer.optimizers, self.copy.get("optimizer_states", []),
+                                                       strict=False)):
+                for j, (group, saved) in enumerate(zip(optimizer.state_dict()["param_groups"],
+                                                       state["param_groups"], strict=True)):
+                    same_layout(group, saved, f"optimizer_states[{i}].param_groups[{j}]", subset=True)
+        except s.Invalid as err:
+            raise MedclassError(f"{self.source}: {err}{advice}") from None
