@@ -20,6 +20,7 @@ import pytest
 from medclass.eval import figures
 from medclass.eval.model_card import MAX_SPLIT_BYTES, card_facts, model_card_markdown, sha256
 from medclass.tasks import gather
+from medclass.untrusted.files import Refused
 from medclass.utils.cli import report_user_errors
 from medclass.utils.errors import MedclassError
 
@@ -108,7 +109,7 @@ def victim_env() -> dict[str, str]:
 def hostile_run_folder(run_dir: Path, lines: int = 4_000_001) -> Path:
     """Attack on the model card: a run folder whose config.yaml links to a secret, whose metrics.json is a FIFO,
     whose .hydra/ links to a folder outside, whose split.csv holds `lines` newlines after its header (past the
-    card's line bound when 4,000,001) and whose csv/metrics.csv is a link to /proc/self/environ."""
+    card's line bound when 4,000,001) and whose csv/metrics.csv links to a training log outside."""
     outside = run_dir.parent / f"{run_dir.name}-outside"
     (outside / "hydra").mkdir(parents=True, exist_ok=True)
     (outside / "secret.yaml").write_text(f"seed: {SECRET}\n")
@@ -119,8 +120,9 @@ def hostile_run_folder(run_dir: Path, lines: int = 4_000_001) -> Path:
     (run_dir / ".hydra").symlink_to(outside / "hydra", target_is_directory=True)
     with open(run_dir / "split.csv", "wb") as f:
         f.write(b"path,label,split\n" + b"\n" * lines)
+    (outside / "metrics.csv").write_text("epoch,step,val/loss,val/acc\n0,9,0.5,0.75\n")
     (run_dir / "csv").mkdir()
-    (run_dir / "csv" / "metrics.csv").symlink_to("/proc/self/environ")
+    (run_dir / "csv" / "metrics.csv").symlink_to(outside / "metrics.csv")
     return run_dir
 
 
@@ -299,6 +301,19 @@ def test_the_checkpoint_hash_does_not_wait_on_a_fifo_or_follow_a_link(tmp_path: 
     worker.start()
     worker.join(20)
     assert done and done[0]["checkpoint"]["sha256"] == "not recorded (model.pt is not a regular file)"
+    refused: list[str] = []
+
+    def hash_fifo() -> None:  # the hash's own guard, below the card's check
+        try:
+            sha256(tmp_path / "model.pt")
+        except Refused as err:
+            refused.append(str(err))
+
+    worker = threading.Thread(target=hash_fifo, daemon=True)
+    worker.start()
+    worker.join(20)
+    assert refused == [f"checkpoint {tmp_path / 'model.pt'} is not a regular file (a device, pipe, folder or system "
+                       "file)"]
     (tmp_path / "link.pt").symlink_to("/proc/self/environ")
     facts = card_facts(tmp_path / "link.pt", {}, None, None)
     assert facts["checkpoint"]["sha256"] == "not recorded (link.pt is a symbolic link, not read)"
@@ -312,6 +327,9 @@ def test_the_training_log_keeps_finite_numbers_only(tmp_path: Path) -> None:
         "2,29,0.4,\x1b[2J,0.7\n")
     assert figures.read_history(tmp_path) == {"train/loss_epoch": ([9, 29], [0.9, 0.4]),
                                               "val/loss": ([9, 19], [0.8, 0.7]), "val/acc": ([9, 29], [0.5, 0.7])}
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "csv").symlink_to(tmp_path / "csv", target_is_directory=True)  # a linked log folder
+    assert figures.read_history(tmp_path / "run") == {}
 
 
 def test_an_error_line_is_one_escaped_line(capsys: pytest.CaptureFixture) -> None:
