@@ -247,6 +247,22 @@ def test_the_walk_is_bounded_in_depth_runs_and_bytes(tmp_path: Path, monkeypatch
         gather.scan(tmp_path / "sweep")
 
 
+def test_what_a_run_holds_beyond_the_table_is_not_kept(tmp_path: Path) -> None:
+    """50,000 extra numbers in a metrics.json, a 100,000-character error line and 150 linked folders: each run
+    keeps only the summarized metrics, the error line is cut, and the unread folders are counted, 100 named."""
+    extra = {f"m{i}": i for i in range(50_000)}
+    _job(tmp_path / "0", ["model=a"], metrics=json.dumps({**json.loads(good_metrics()), "extra": extra}))
+    _job(tmp_path / "1", ["model=b"], error="error: " + "y" * 100_000)
+    for i in range(150):
+        (tmp_path / f"link{i:03d}").symlink_to(tmp_path / "0", target_is_directory=True)
+    sweep = gather.scan(tmp_path)
+    assert sweep.runs == [(["model=a"], {"test/acc": 0.8, "best_val/val/acc": 0.7, "run/train_seconds": 3.0})]
+    assert len(sweep.failures[0][1]) == gather.MAX_ERROR_LINE - len("error: ")
+    assert len(sweep.skipped) == gather.SHOWN_SKIPPED and sweep.not_entered == 150
+    lines = gather.skipped_lines(sweep.skipped, sweep.not_entered)
+    assert "Not read (150):" in lines and lines.endswith("- and 50 more")
+
+
 def test_a_bound_passed_is_one_error_line_and_exit_2(tmp_path: Path) -> None:
     (tmp_path / "sweep").mkdir()
     done = run_gather(tmp_path / "sweep")

@@ -53,9 +53,10 @@ VARYING = ("seed=", "data.fold=")  # what a row averages over
 MAX_METRICS_BYTES = 1 * MiB
 MAX_OVERRIDES_BYTES = 1 * MiB
 MAX_ERROR_BYTES = 1 * MiB  # error.txt holds the traceback too; only its first line is shown
+MAX_ERROR_LINE = 4_000  # bytes of error.txt's first line kept (500 characters are shown)
 MAX_OVERRIDES = 10_000  # overrides of one run (a command line holds a few dozen)
 MAX_RUNS = 100_000  # run folders (metrics.json or error.txt) under one folder
-MAX_ENTRIES = 5_000_000  # files and folders walked (a run holds a few dozen: checkpoints, logs, .hydra)
+MAX_ENTRIES = 3_000_000  # files and folders walked (a run holds about 20: checkpoints, logs, .hydra)
 MAX_DEPTH = 32  # folder levels below the given folder (a sweep's runs lie 1 to 5 levels down)
 MAX_TOTAL_BYTES = 1024 * MiB  # read over the whole gather (100,000 real runs read ~300 MB)
 MAX_YAML_TOTAL = 64 * MiB  # overrides parsed over the whole gather (YAML parsing runs at ~1-5 MB/s)
@@ -74,7 +75,8 @@ class Sweep:
 
     runs: Runs = field(default_factory=list)
     failures: Failures = field(default_factory=list)
-    skipped: list[tuple[Path, str]] = field(default_factory=list)
+    skipped: list[tuple[Path, str]] = field(default_factory=list)  # the first SHOWN_SKIPPED
+    not_entered: int = 0  # all of them
 
 
 @dataclass
@@ -110,49 +112,56 @@ def _reason(err: Refused, run_dir: Path, path: Path) -> str:
     return str(err).replace(str(path), str(path.relative_to(run_dir)))
 
 
-def _walk(folder: Path) -> tuple[list[Path], list[tuple[Path, str]]]:
+def _walk(folder: Path) -> tuple[list[Path], list[tuple[Path, str]], int]:
     """The run folders under `folder` (a folder holding `metrics.json` or `error.txt`, of any kind: what kind is
-    judged when it is read), sorted, and the folders not entered (links, too deep). No link is followed; the
-    walk is iterative and bounded in entries, depth and runs."""
-    runs: list[Path] = []
+    judged when it is read), sorted; the first SHOWN_SKIPPED folders not entered (links, too deep, unlistable) and
+    how many there were. No link is followed. The walk is iterative (no recursion limit), streams each listing
+    (a folder of millions of entries is never held whole) and is bounded in entries, depth and runs."""
+    runs: list[str] = []
     skipped: list[tuple[Path, str]] = []
-    stack = [(folder, 0)]
+    not_entered = 0
+    stack: list[tuple[str, int]] = [(str(folder), 0)]
     entries = 0
+
+    def skip(path: str, reason: str) -> None:
+        nonlocal not_entered
+        not_entered += 1
+        if len(skipped) < SHOWN_SKIPPED:
+            skipped.append((Path(path), reason))
+
     while stack:
         current, depth = stack.pop()
+        is_run = False
         try:
             with os.scandir(current) as listing:
-                children = []
                 for entry in listing:
                     entries += 1
                     if entries > MAX_ENTRIES:
                         raise MedclassError(f"{printable(folder, 500)} holds more than {MAX_ENTRIES:,} files and "
                                             "folders; pass one sweep folder")
-                    children.append(entry)
+                    is_run = is_run or entry.name in (METRICS_FILE, ERROR_FILE)
+                    try:
+                        if entry.is_symlink():
+                            if entry.is_dir():  # a stat of the target only, to say what was not followed
+                                skip(entry.path, "a symbolic link to a folder, not followed")
+                            continue
+                        if not entry.is_dir(follow_symlinks=False):
+                            continue
+                    except OSError:
+                        continue
+                    if depth + 1 > MAX_DEPTH:
+                        skip(entry.path, f"more than {MAX_DEPTH} folders deep, not read")
+                    else:
+                        stack.append((entry.path, depth + 1))
         except OSError as err:
-            skipped.append((current, f"cannot be listed ({err.strerror or type(err).__name__})"))
+            skip(current, f"cannot be listed ({err.strerror or type(err).__name__})")
             continue
-        names = {entry.name for entry in children}
-        if METRICS_FILE in names or ERROR_FILE in names:
+        if is_run:
             runs.append(current)
             if len(runs) > MAX_RUNS:
                 raise MedclassError(f"{printable(folder, 500)} holds more than {MAX_RUNS:,} runs; pass one sweep "
                                     "folder")
-        for entry in children:
-            try:
-                if entry.is_symlink():
-                    if entry.is_dir():  # stat of the target only, to say what was not followed
-                        skipped.append((Path(entry.path), "a symbolic link to a folder, not followed"))
-                    continue
-                if not entry.is_dir(follow_symlinks=False):
-                    continue
-            except OSError:
-                continue
-            if depth + 1 > MAX_DEPTH:
-                skipped.append((Path(entry.path), f"more than {MAX_DEPTH} folders deep, not read"))
-                continue
-            stack.append((Path(entry.path), depth + 1))
-    return sorted(runs), sorted(skipped)
+    return [Path(run) for run in sorted(runs)], sorted(skipped), not_entered
 
 
 def _overrides(run_dir: Path, budget: _Budget | None = None) -> list[str]:
@@ -211,8 +220,9 @@ def _number(value: Any) -> float | None:
 
 
 def flatten(data: Any, wanted: Iterable[str] = METRICS) -> dict[str, float]:
-    """A metrics.json's numbers as `section/key` (test keys as they are). Refused naming the key when any number is
-    NaN, infinite or beyond ±MAX_VALUE, or when a `wanted` metric is not a number (null counts as absent)."""
+    """A metrics.json's `wanted` numbers (and the run's fold and seed) as `section/key` (test keys as they are).
+    Refused naming the key when any number is NaN, infinite or beyond ±MAX_VALUE, or when a `wanted` metric is not
+    a number (null counts as absent)."""
     if not isinstance(data, dict):
         raise Refused(f"{METRICS_FILE} is not a JSON object")
     wanted = {*wanted, "run/fold", "run/seed"}
@@ -229,7 +239,7 @@ def flatten(data: Any, wanted: Iterable[str] = METRICS) -> dict[str, float]:
             if number is None and (is_number or name in wanted):
                 extra = "" if is_number else ", not a number"
                 raise Refused(f"{METRICS_FILE} holds {_describe(value)} for {printable(name, 100)}{extra}")
-            if number is not None:
+            if number is not None and name in wanted:  # only what is summarized is kept: memory stays per run
                 flat[name] = number
     return flat
 
@@ -254,7 +264,7 @@ def _read_run(run_dir: Path, budget: _Budget, wanted: Iterable[str]) -> tuple[li
         data = read_bytes(error, "the run's", MAX_ERROR_BYTES, follow_links=False)
     except Refused as err:
         return overrides, None, _reason(err, run_dir, error)
-    first = data.split(b"\n", 1)[0].decode("utf-8", errors="replace").rstrip("\r")
+    first = data.split(b"\n", 1)[0][:MAX_ERROR_LINE].decode("utf-8", errors="replace").rstrip("\r")
     return overrides, None, first.removeprefix("error: ") or "(empty error.txt)"
 
 
@@ -263,8 +273,8 @@ def scan(folder: Path, metrics: Iterable[str] = METRICS) -> Sweep:
     bytes read and depth; a bound passed is one MedclassError line."""
     wanted = tuple(metrics)
     budget = _Budget(Path(folder))
-    run_dirs, skipped = _walk(Path(folder))
-    sweep = Sweep(skipped=skipped)
+    run_dirs, skipped, not_entered = _walk(Path(folder))
+    sweep = Sweep(skipped=skipped, not_entered=not_entered)
     for run_dir in run_dirs:
         overrides, values, reason = _read_run(run_dir, budget, wanted)
         if values is not None:
@@ -391,13 +401,14 @@ def failure_lines(failures: Failures) -> str:
     return "\n".join([f"\n\nFailed jobs ({len(failures)}, not averaged in):", *items])
 
 
-def skipped_lines(skipped: list[tuple[Path, str]]) -> str:
-    """What was not read (linked or too deep folders), under the table; the first SHOWN_SKIPPED named."""
-    if not skipped:
+def skipped_lines(skipped: list[tuple[Path, str]], count: int | None = None) -> str:
+    """What was not read (linked or too deep folders), under the table: the first SHOWN_SKIPPED named, of `count`."""
+    count = len(skipped) if count is None else count
+    if not count:
         return ""
     items = [f"- {shown(path, 1000)}: {reason}" for path, reason in skipped[:SHOWN_SKIPPED]]
-    more = [f"- and {len(skipped) - SHOWN_SKIPPED:,} more"] if len(skipped) > SHOWN_SKIPPED else []
-    return "\n".join([f"\n\nNot read ({len(skipped)}):", *items, *more])
+    more = [f"- and {count - len(items):,} more"] if count > len(items) else []
+    return "\n".join([f"\n\nNot read ({count:,}):", *items, *more])
 
 
 def parser() -> argparse.ArgumentParser:
@@ -415,11 +426,12 @@ def gather(folder: Path, out: Path | None, sort_by: str) -> str:
         raise MedclassError(f"{printable(folder, 500)} is not a folder; pass a train.py run or multirun folder")
     sweep = scan(folder)
     if not sweep.runs and not sweep.failures:
+        unread = f" ({sweep.not_entered:,} folders not read: links or too deep)" if sweep.not_entered else ""
         raise MedclassError(f"no metrics.json under {printable(folder, 500)}; pass a train.py run or multirun folder"
-                            + (f" ({len(sweep.skipped)} items not read: links or too deep)" if sweep.skipped else ""))
+                            + unread)
     rows = summarize(sweep.runs, sort_by=sort_by, failures=sweep.failures)
     common = common_overrides([*sweep.runs, *((o, {}) for o, _, _ in sweep.failures)])
-    table = to_markdown(rows, common) + failure_lines(sweep.failures) + skipped_lines(sweep.skipped)
+    table = to_markdown(rows, common) + failure_lines(sweep.failures) + skipped_lines(sweep.skipped, sweep.not_entered)
     if out:
         write_text(out.with_suffix(".md"), table + "\n")
         write_csv(out.with_suffix(".csv"), rows)
