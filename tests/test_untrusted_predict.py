@@ -152,30 +152,42 @@ def test_an_image_that_alone_exceeds_memory_mb_is_one_line_naming_the_option(tmp
     assert not (tmp_path / "out" / "predictions.csv").exists()
     with pytest.raises(MedclassError, match="memory_mb=0: expected a whole number"):
         predict(ckpt, tmp_path / "in", tmp_path / "out", memory_mb=0)
+    with pytest.raises(MedclassError, match="tta_gflop=many: expected a number"):
+        predict(ckpt, tmp_path / "in", tmp_path / "out", tta_gflop="many")
 
 
 def test_memory_measured_in_a_child_follows_the_budget_not_the_batch(tmp_path: Path) -> None:
-    """Real peak memory (the child's maxrss): 12 images of 512 px through a CNN whose first layer makes 8 x 512²
-    numbers (8 MB) per image. Within memory_mb=32 the batch is 1 and the peak grows by tens of MB; the same
-    command with room for the whole batch grows by hundreds."""
+    """Real peak memory (the child's maxrss). First a 2048 px description over memory_mb=256: refused from the
+    description, before the weights are loaded and probed at full size, so the peak does not move. Then 12 images
+    of 512 px through a CNN whose first layer makes 8 x 512² numbers (8 MB) per image: within memory_mb=32 the
+    batch is 1 and the peak grows by tens of MB; with room for the whole batch it grows by hundreds."""
+    huge = make_checkpoint(tmp_path, image_size=2048, widths=(8,), name="huge.ckpt")
     ckpt = make_checkpoint(tmp_path, image_size=512, widths=(8,))
     images = grey_images(tmp_path / "in", 12, size=32)
     script = textwrap.dedent(f"""
-        import resource, sys
+        import resource
         from pathlib import Path
+        from medclass.utils.errors import MedclassError
         from tests.test_untrusted_predict import predict, make_checkpoint
-        torch_ready = make_checkpoint(Path({str(tmp_path)!r}) / "warm", image_size=16)
-        predict(torch_ready, Path({str(images)!r}), Path({str(tmp_path)!r}) / "warm_out")  # imports, allocator
+        tmp, images = Path({str(tmp_path)!r}), Path({str(images)!r})
+        predict(make_checkpoint(tmp / "warm", image_size=16), images, tmp / "warm_out")  # imports, allocator
         peaks = [resource.getrusage(resource.RUSAGE_SELF).ru_maxrss]
+        try:
+            predict(Path({str(huge)!r}), images, tmp / "huge_out", memory_mb=256)
+        except MedclassError as err:
+            assert "more than memory_mb=256" in str(err), err
+        else:
+            raise AssertionError("a 2048 px image of 8 x 2048² activations fit 256 MB")
+        peaks.append(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
         for budget in (32, 4096):
-            predict(Path({str(ckpt)!r}), Path({str(images)!r}), Path({str(tmp_path)!r}) / str(budget),
-                    memory_mb=budget, batch_size=12, tta="none")
+            predict(Path({str(ckpt)!r}), images, tmp / str(budget), memory_mb=budget, batch_size=12, tta="none")
             peaks.append(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
-        print("growth_kb", peaks[1] - peaks[0], peaks[2] - peaks[1])
+        print("growth_kb", *(after - before for before, after in zip(peaks, peaks[1:])))
     """)
     proc = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    bounded, unbounded = (int(v) for v in proc.stdout.split("growth_kb")[-1].split())
+    refused, bounded, unbounded = (int(v) for v in proc.stdout.split("growth_kb")[-1].split())
+    assert refused < 64 * 1024, refused  # the probe at 2048 px would take about 300 MB
     assert bounded < 64 * 1024, (bounded, unbounded)  # one image at a time: 8 MB layers, 3 copies, some slack
     assert unbounded > 120 * 1024, (bounded, unbounded)  # 12 at a time: the comparison has teeth
 

@@ -156,24 +156,47 @@ class TorchModel:
             return self.module.predict_proba(x.to(self.device), tta=True).float().cpu().numpy()
 
 
+def images_that_fit(cost: ImageCost, memory_mb: int, size: int, source: str, cam: bool = False) -> int:
+    """How many images of `cost` fit `memory_mb`; one error line naming the option when not even one does."""
+    per_image = cost.bytes(cam)
+    fitting = memory_mb * 2**20 // max(per_image, 1)
+    if fitting < 1:
+        raise MedclassError(
+            f"one {size} px image needs about {per_image / 2**20:,.0f} MB to score with {source} ({cost.largest:,} "
+            f"numbers in its largest layer{', Grad-CAM on every layer' if cam else ''}, {cost.classes:,} classes x "
+            f"{cost.views} views), more than memory_mb={memory_mb}; raise memory_mb=<MB> if the machine has that "
+            "memory")
+    return int(fitting)
+
+
 def fit_batch(model: Any, batch_size: int, cam: bool = False) -> int:
     """The largest batch, at most `batch_size`, whose images fit the model's `memory_mb` (logged once when it
     shrinks); one error line naming the option when a single image does not fit."""
     cost: ImageCost = getattr(model, "cost", None) or _input_cost(model.meta)
     memory_mb = int(getattr(model, "memory_mb", DEFAULT_MEMORY_MB))
-    per_image = cost.bytes(cam)
-    fitting = memory_mb * 2**20 // max(per_image, 1)
-    if fitting < 1:
-        raise MedclassError(
-            f"one {model.meta['image_size']} px image needs about {per_image / 2**20:,.0f} MB to score with "
-            f"{getattr(model, 'source', 'the model')} ({cost.largest:,} numbers in its largest layer"
-            f"{', Grad-CAM on every layer' if cam else ''}, {cost.classes:,} classes x {cost.views} views), more "
-            f"than memory_mb={memory_mb}; raise memory_mb=<MB> if the machine has that memory")
+    fitting = images_that_fit(cost, memory_mb, model.meta["image_size"], getattr(model, "source", "the model"), cam)
     if fitting < batch_size:
         log.info("batch %d -> %d to fit memory_mb=%d (%.1f MB per image)", batch_size, fitting, memory_mb,
-                 per_image / 2**20)
-        return int(fitting)
+                 cost.bytes(cam) / 2**20)
+        return fitting
     return batch_size
+
+
+def check_described_network(path: str | Path, memory_mb: int, cam: bool, source: str) -> None:
+    """One image of the network a model file describes must fit `memory_mb`, measured on the meta device from the
+    description alone: before the weights are loaded and probed (a full-size forward pass), so a 2048 px
+    description is refused before it allocates anything."""
+    from medclass.model import registry as model_registry
+    from medclass.module.checkpoint import read_hparams
+
+    hparams = read_hparams(path)
+    info = hparams["data_info"]
+    with torch.device("meta"):
+        net = model_registry.build(hparams["net"], in_chans=info["in_chans"], num_classes=len(info["class_names"]),
+                                   from_file=True)
+    largest, total, _ = measure_network(net, info["in_chans"], info["image_size"])
+    cost = replace(_input_cost(info), largest=largest, total=total)
+    images_that_fit(cost, memory_mb, info["image_size"], source, cam)
 
 
 def check_probabilities(probs: Any, kept: Sequence[Path], meta: dict[str, Any], source: str) -> np.ndarray:
@@ -560,6 +583,11 @@ def load_model(cfg: DictConfig) -> TorchModel | Any:
     memory_mb = cfg.get("memory_mb", DEFAULT_MEMORY_MB)
     if isinstance(memory_mb, bool) or not isinstance(memory_mb, int) or memory_mb < 1:
         raise MedclassError(f"memory_mb={memory_mb}: expected a whole number of megabytes, at least 1")
+    tta_gflop = cfg.get("tta_gflop")
+    if tta_gflop is not None and (isinstance(tta_gflop, bool) or not isinstance(tta_gflop, (int, float))
+                                  or not 0 <= tta_gflop < float("inf")):
+        raise MedclassError(f"tta_gflop={tta_gflop}: expected a number of GFLOP per image, at least 0 (or null: the "
+                            "file's own test-time views whatever they cost)")
     if onnx:
         if cfg.get("cam") or cfg.get("tta") not in (None, "none"):
             raise MedclassError(f"cam=true and tta={cfg.get('tta')} need the network itself: use ckpt_path=<file.ckpt> "
@@ -576,10 +604,11 @@ def load_model(cfg: DictConfig) -> TorchModel | Any:
         device = "cuda" if torch.cuda.is_available() else "cpu"
     from medclass.eval import operating_file
 
+    check_described_network(ckpt, memory_mb, bool(cfg.get("cam")), f"ckpt_path={ckpt}")
     module = load_classifier(ckpt)
     return TorchModel(module, tta=cfg.get("tta"), device=device,
                       operating=operating_file.load(ckpt, default=module.model_file.operating), memory_mb=memory_mb,
-                      tta_gflop=cfg.get("tta_gflop"), source=f"ckpt_path={ckpt}")
+                      tta_gflop=tta_gflop, source=f"ckpt_path={ckpt}")
 
 
 @dataclass
