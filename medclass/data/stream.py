@@ -8,6 +8,15 @@ and to sum pixels for the training split's mean and std (exact integer sums, as 
 does), and writes `medclass.json`: what a model needs to know (`DataInfo`), the split table and the
 leakage counts. `StreamDataModule` reads that file as data (a schema, one error line) and streams the
 chunks; nothing is decoded at training time. Why LitData, and what DDP does: docs/data.md "Streaming".
+
+A prepared folder may come from someone else, so everything in it is data, checked before LitData acts on it:
+medclass.json and each index.json are regular files (never read through a link) of bounded size; an index holds
+exactly the configuration prepare writes, and chunk names that are plain LitData file names; a chunk's size
+follows from its item count (every item of a set has the same byte layout, `ItemLayout`), and on this machine
+each chunk is a regular file of that size before anything is opened, so nothing waits on a missing or short
+chunk, blocks on a pipe or copies a device. When LitData first opens a chunk (from object storage: once it has
+downloaded it), `litstream.ChunkGuard` checks its bytes against the split table (`check_chunk`). Every fault is
+one line naming the file.
 """
 
 from __future__ import annotations
@@ -495,7 +504,10 @@ def check_chunk(path: str, chunk: Chunk, layout: ItemLayout, rows: np.ndarray, l
     table describe (`rows`, `labels`: the whole split's). LitData would otherwise take its offsets, array shapes,
     compression frames and trailing Arrow tables from the bytes. Returns the file's identity, which a later
     `os.lstat` compares to know the file has not been replaced since."""
-    info = files.check_regular(path, "a chunk of a prepared data set", follow_links=False)
+    try:
+        info = files.check_regular(path, "a chunk of a prepared data set", follow_links=False)
+    except files.Refused as err:  # as ChunkRefused, which keeps its one line when raised in a loader worker
+        raise ChunkRefused(str(err)) from None
     if info.st_size != chunk.nbytes:
         raise ChunkRefused(f"{path} is {info.st_size} bytes but {where} gives {chunk.nbytes}; {ADVICE}")
     flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
