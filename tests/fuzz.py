@@ -206,9 +206,9 @@ def _outside(spec: s.Spec, sample: Any) -> Iterator[tuple[str, Any]]:
     elif kind == "list":
         item = sample[0] if isinstance(sample, (list, tuple)) and sample else 0
         if spec.lo > 0:
-            yield f"{spec.lo - 1} items", [item] * (spec.lo - 1)
+            yield f"{spec.lo - 1} items", _items(item, spec.lo - 1)
         if spec.hi + 1 <= MAX_LONG_LIST:
-            yield f"{spec.hi + 1} items", [item] * (spec.hi + 1)
+            yield f"{spec.hi + 1} items", _items(item, spec.hi + 1)
     elif kind == "mapping":
         value = next(iter(sample.values())) if isinstance(sample, Mapping) and sample else 0
         yield f"{spec.hi + 1} entries", {f"k{i}": value for i in range(spec.hi + 1)}
@@ -232,6 +232,11 @@ def _outside(spec: s.Spec, sample: Any) -> Iterator[tuple[str, Any]]:
             yield f"{spec.hi + 1} entries", {f"k{i}": 0 for i in range(spec.hi + 1)}
         yield "1e13 (a float)", 1e13
         yield "1025 characters", "a" * 1025
+
+
+def _items(item: Any, n: int) -> list[Any]:
+    """`n` items like `item`: distinct names (so only the count is wrong, not a repeated class name), else copies."""
+    return [f"{item}{i}" for i in range(n)] if isinstance(item, str) else [item] * n
 
 
 # -- the walk ----------------------------------------------------------------------------------------------------

@@ -295,4 +295,4 @@ def test_a_hostile_field_ends_the_command_with_one_error_line(base: Base, tmp_pa
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
     assert proc.returncode == 2 and len(errors) == 1, proc.stderr[-3000:]
     assert "Traceback" not in proc.stderr + proc.stdout and fuzz.LONG[:200] not in proc.stderr
-    assert not s.CONTROL.search(errors[0]), errors[0]
+    assert not s.CONTROL.search(errors[0]) and path.rsplit(".", 1)[-1] in errors[0], errors[0]

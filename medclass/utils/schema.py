@@ -128,7 +128,8 @@ def _show(value: Any) -> str:
 
 
 def fail(where: str, value: Any, expected: str) -> Invalid:
-    return Invalid(f"{where}={_show(value)}: expected {expected}")
+    """`data_info.image_size=5000: expected ...`; the whole document (`where` empty) is shown without the `=`."""
+    return Invalid(f"{where}={_show(value)}: expected {expected}" if where else f"{_show(value)}: expected {expected}")
 
 
 def text(max_len: int = 4096, pattern: str | None = None, hint: str = "") -> Check:
