@@ -18,8 +18,10 @@ The walk follows the schema as it is today, whoever changes it:
   matched to that call in a trace of the reader on the valid document, by equal value;
 - a mapping whose keys several calls share out (an ONNX file's metadata: data_info and operating values) is
   the union of those calls' records;
-- anything still unseen is walked blind: hostile values with no expectation but a clean refusal. `unseen`
-  lists those places, for the report.
+- anything still unseen is walked blind: hostile values with no expectation but a clean refusal.
+  `unseen_places` lists those places, for the report.
+`valid(check)` makes the plainest value a Spec accepts, a base for what no real document holds (a data kind the
+test run did not use).
 """
 
 from __future__ import annotations
@@ -149,6 +151,40 @@ def _any(answers: Any) -> bool | None:
             return True
         unknown |= answer is None
     return None if unknown else False
+
+
+# -- a valid value for a Spec ----------------------------------------------------------------------------------
+TEXT_CANDIDATES = ("x", "a", "1", "layer3", "50GB", "youden", "chunk-0-0.bin", "numpy")
+
+
+def valid(check: Any) -> Any:
+    """The plainest value a Spec accepts (a record's required fields only): a valid base for a walk when no real
+    document holds one, e.g. a data kind the test run did not use."""
+    spec = check if isinstance(check, s.Spec) else s.spec_of(check)
+    if spec is None:
+        raise ValueError(f"no Spec to make a valid value from: {check!r}")
+    kind = spec.kind
+    if kind == "boolean":
+        return False
+    if kind == "integer":
+        return max(spec.lo, min(spec.hi, 1))
+    if kind == "number":
+        return spec.hi if spec.low_open else max(spec.lo, min(spec.hi, 0))
+    if kind in ("text", "name"):
+        return next(c for c in TEXT_CANDIDATES if accepts(spec, c))
+    if kind == "choice":
+        return spec.values[0]
+    if kind in ("optional", "scalar", "plain"):
+        return None
+    if kind == "either":
+        return valid(spec.options[0])
+    if kind == "list":
+        return [valid(spec.item)] * spec.lo
+    if kind == "mapping":
+        return {}
+    if kind == "record":
+        return {key: valid(spec.fields[key]) for key in spec.required}
+    raise ValueError(f"no valid value for a Spec of kind {kind}")
 
 
 # -- hostile values for a Spec ---------------------------------------------------------------------------------
@@ -295,7 +331,7 @@ def _resolve(walk: Walk, check: Any, value: Any, at: Place) -> tuple[s.Spec | No
         for call in roots:
             if call.where == at.where:
                 return call.spec, at
-    for call in _calls(walk.roots):  # checked in a call of its own, or deeper inside a hand-written check
+    for call in calls(walk.roots):  # checked in a call of its own, or deeper inside a hand-written check
         if _same(call.value, value) and (call.where == at.where or call in walk.roots):
             return call.spec, Place(call.where, at.path)
     if isinstance(value, Mapping):  # shared out between several records
@@ -308,7 +344,7 @@ def _resolve(walk: Walk, check: Any, value: Any, at: Place) -> tuple[s.Spec | No
     return None, at
 
 
-def _calls(calls: list[s.Call]) -> Iterator[s.Call]:
+def calls(calls: list[s.Call]) -> Iterator[s.Call]:
     stack = list(reversed(calls))
     while stack:
         call = stack.pop()

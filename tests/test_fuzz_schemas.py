@@ -28,11 +28,13 @@ from typing import Any
 import pytest
 import torch
 
+from medclass.data import registry as data_registry
 from medclass.data import stream
 from medclass.data.folder import FolderDataModule
 from medclass.eval import operating_file
+from medclass.model import registry as model_registry
 from medclass.module.checkpoint import load_classifier, model_meta, read_export
-from medclass.module.hparams import validate
+from medclass.module.hparams import FIELDS, validate
 from medclass.tasks.export import export_safetensors, read_meta
 from medclass.tasks.train import train
 from medclass.utils import schema as s
@@ -181,6 +183,41 @@ def run_variants(document: Any, reader: Callable[[Any], Any], shallow: frozenset
         if problem:
             faults.append(f"{variant.path or '(top)'} = {variant.label}: {problem}")
     return count, faults
+
+
+def other_descriptions(hparams: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The run's description with each other registered network (`{"arch": name}`) and each other data kind (its
+    required fields, made from the record its registry applies): so every network's and every data kind's options
+    are walked, not only those of the run's own."""
+    out = {}
+    for field, registry, key in (("net", model_registry.ARCHITECTURES, "arch"), ("data_cfg", data_registry.KINDS,
+                                                                                "kind")):
+        for name in registry:
+            if name == hparams[field][key]:
+                continue
+            with s.trace() as roots:
+                try:
+                    FIELDS[field]({key: name}, field)
+                except s.Invalid:
+                    pass
+            record = next(c.spec for c in fuzz.calls(roots) if c.where == field and c.spec.kind == "record")
+            out[f"{field}={name}"] = {**hparams, field: {key: name, **fuzz.valid(record)}}
+    return out
+
+
+def test_every_network_and_data_kind_is_walked(base: Base) -> None:
+    """The other networks and data kinds than the run's: each description validates, then every hostile variant of
+    it is one error line (the description only: nothing is built from these)."""
+    total, faults = 0, []
+    for label, hparams in other_descriptions(base.ckpt["hyper_parameters"]).items():
+        validate(hparams, label)
+        others = frozenset(key for key in hparams if key != label.split("=")[0])  # walked in full by `checkpoint`
+        count, found = run_variants(hparams, lambda doc, label=label: validate(doc, f"checkpoint {label}"), others)
+        total += count
+        faults += [f"{label}: {fault}" for fault in found]
+    VARIANTS["checkpoint (other networks and data kinds)"] = total
+    print(f"\nfuzz other networks and data kinds: {total} hostile variants, {len(faults)} faults")
+    assert not faults, f"{len(faults)} of {total} variants misbehave:\n" + "\n".join(faults[:40])
 
 
 FORMATS = ["checkpoint", "export", "operating", "onnx_meta", "stream_meta", "stream_index"]
