@@ -163,9 +163,9 @@ def images_that_fit(cost: ImageCost, memory_mb: int, size: int, source: str, cam
     if fitting < 1:
         raise MedclassError(
             f"one {size} px image needs about {per_image / 2**20:,.0f} MB to score with {source} ({cost.largest:,} "
-            f"numbers in its largest layer{', Grad-CAM on every layer' if cam else ''}, {cost.classes:,} classes x "
-            f"{cost.views} views), more than memory_mb={memory_mb}; raise memory_mb=<MB> if the machine has that "
-            "memory")
+            f"numbers in its largest layer{', Grad-CAM on every layer' if cam else ''}, {cost.classes:,} classes"
+            f"{f' x {cost.views} views' if cost.views > 1 else ''}), more than memory_mb={memory_mb}; raise "
+            "memory_mb=<MB> if the machine has that memory")
     return int(fitting)
 
 
