@@ -149,3 +149,15 @@ def test_target_sensitivity_threshold_inside_a_run_of_positives() -> None:
     threshold = sensitivity_threshold(scores, positive, 0.5)
     assert threshold == pytest.approx(np.sort(scores[positive])[::-1][9])
     assert (scores[positive] >= threshold).mean() == 0.5
+
+
+def test_class_names_show_as_text_in_the_markdown_report(tmp_path: Path) -> None:
+    """A class name is any text (issue 35): in report.md it must neither add a table column nor be HTML."""
+    probs, labels = scores(200, k=2)
+    info = {"task": "binary-class", "class_names": ["a | x", "<img src=x onerror=alert(1)>"]}
+    write_report(tmp_path, split="test", probs=probs, labels=labels, data_info=info, checkpoint="x.ckpt",
+                 medmnist=False, val=scores(100, k=2, seed=5), bootstrap=0, target_sensitivity=0.9)
+    text = (tmp_path / "report.md").read_text()
+    assert "<img" not in text and "&lt;img src=x onerror=alert(1)&gt;" in text
+    rows = [line for line in text.splitlines() if line.startswith("| a \\| x |")]
+    assert rows and all(line.count(" | ") == 5 for line in rows), rows  # six cells, as the header

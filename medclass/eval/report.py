@@ -25,6 +25,7 @@ from medclass.eval.bootstrap import bootstrap_ci
 from medclass.eval.calibration import apply_temperature, calibration_summary, fit_temperature, reliability_bins
 from medclass.eval.metrics import classification_metrics, official
 from medclass.eval.operating_points import operating_points
+from medclass.untrusted.files import markdown_text
 from medclass.utils.io import save_figure, write_csv, write_json, write_text
 
 log = logging.getLogger("medclass")
@@ -163,7 +164,7 @@ def markdown(report: dict[str, Any], data_info: dict[str, Any]) -> str:
                   f"{_fmt(ci[name]['high'])} |" for name in ("accuracy", "balanced_accuracy", "auc_macro_ovr",
                                                              "f1_macro")]
     if "operating_points" in report:
-        lines += ["", f"## Operating points (positive class: {data_info['class_names'][1]})", "",
+        lines += ["", f"## Operating points (positive class: {markdown_text(data_info['class_names'][1])})", "",
                   "Thresholds chosen on validation are applied unchanged to this split.", "",
                   "| threshold | chosen on | sensitivity | specificity | PPV | NPV | TP / FP / FN / TN |",
                   "|---|---|---|---|---|---|---|"]
@@ -179,8 +180,8 @@ def markdown(report: dict[str, Any], data_info: dict[str, Any]) -> str:
                   f"predict.py and export.py apply to new images: {', '.join(fitted)}."]
     lines += ["", "## Per class", "", "| class | precision | recall | F1 | support | AUC |",
               "|---|---|---|---|---|---|"]
-    lines += [f"| {r['class']} | {_fmt(r['precision'])} | {_fmt(r['recall'])} | {_fmt(r['f1'])} | {r['support']} | "
-              f"{_fmt(r['auc'])} |" for r in m["per_class"]]
+    lines += [f"| {markdown_text(r['class'])} | {_fmt(r['precision'])} | {_fmt(r['recall'])} | {_fmt(r['f1'])} | "
+              f"{r['support']} | {_fmt(r['auc'])} |" for r in m["per_class"]]
     lines += ["", "## Figures", ""]
     lines += [f"### {Path(f).stem.replace('_', ' ')}\n\n![{Path(f).stem}]({f})\n" for f in report["figures"]]
     return "\n".join(lines) + "\n"

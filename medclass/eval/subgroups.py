@@ -28,6 +28,7 @@ from matplotlib.figure import Figure  # not pyplot, as figures.py: no global reg
 from medclass.eval.bootstrap import Scorer
 from medclass.eval.figures import short
 from medclass.eval.operating_points import rates
+from medclass.untrusted.files import markdown_text
 from medclass.utils.errors import MedclassError
 
 MISSING = "missing"
@@ -301,8 +302,8 @@ def _ci(cell: dict[str, float | None]) -> str:
 
 
 def _text(value: str) -> str:
-    """A manifest value as a table cell: a `|` or a line break would split the row."""
-    return value.replace("|", "\\|").replace("\n", " ").replace("\r", " ")
+    """A manifest value as a table cell or heading: escaped, so it can neither split the row nor hold HTML."""
+    return markdown_text(value, 200)
 
 
 def _prevalence_cell(prevalence: float | dict[str, float]) -> str:

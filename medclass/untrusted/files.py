@@ -136,3 +136,14 @@ def printable(text: Any, limit: int = 300, keep_newlines: bool = False) -> str:
             out.append(f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}")
     shown = "".join(out)
     return shown if len(text) <= limit else shown[:limit] + "…"
+
+
+MARKDOWN_SPECIAL = re.compile(r"([\\`*_{}\[\]#+!|~])")
+
+
+def markdown_text(text: Any, limit: int = 300) -> str:
+    """`text` from a file (a class name, a manifest value) made safe for a markdown document: one line,
+    control characters escaped, HTML's `& < >` as entities and markdown's specials backslashed, so a name
+    such as `<img onerror=...>` or `a | b` shows as itself and cannot add a table column."""
+    shown = printable(text, limit).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    return MARKDOWN_SPECIAL.sub(r"\\\1", shown)
