@@ -228,7 +228,7 @@ def describe(cfg: Mapping[str, Any], where: str = "data_cfg", from_file: bool = 
     cfg = {k: v for k, v in cfg.items() if k not in MACHINE_KEYS}
     if "kind" in cfg:
         kind_name = cfg.pop("kind")
-        if kind_name not in KINDS:
+        if not isinstance(kind_name, str) or kind_name not in KINDS:
             raise s.Invalid(f"{where}.kind={s._show(kind_name)} is not a data kind ({', '.join(KINDS)})")
     elif "_target_" in cfg:
         kind_name = kind_for_target(cfg.pop("_target_"), where)
