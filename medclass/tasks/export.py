@@ -136,33 +136,34 @@ class OnnxModel:
             raise MedclassError(f"{self.source} has an output of {plan.output_type} {plan.output_shape} for one image, "
                                 f"not float32 probabilities of shape (1, {len(self.meta['class_names'])}) as its "
                                 "metadata's class names say; export the model again with export.py")
-        next(onnx_model.batch_sizes(self.graph, 1, *self.shape[:2], memory_budget=self.budget))
+        onnx_model.fit(self.graph, 1, *self.shape[:2], memory_budget=self.budget)
         self.session = onnx_model.open_session(self.graph)
         self.graph.data = b""  # onnxruntime holds its own copy
         self.input = self.graph.input_name
         self(probe, what="a probe batch (zeros and a fixed pattern) when opened")
 
     def __call__(self, x: torch.Tensor | np.ndarray, what: str = "") -> np.ndarray:
-        from medclass.untrusted import onnx_model
-
         array = x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else x
         array = np.ascontiguousarray(array, np.float32)
-        if array.shape[1:] != self.shape:
+        if array.ndim != 4 or array.shape[1:] != self.shape:
             raise MedclassError(f"{self.source} takes images of {self.shape}, not {array.shape[1:]}")
-        step = next(onnx_model.batch_sizes(self.graph, len(array), *self.shape[:2], memory_budget=self.budget))
-        parts = []
-        for start in range(0, len(array), step):
-            piece = array[start : start + step]
-            self.graph.plan(len(piece), *self.shape[:2])  # every size actually run is planned first
-            try:
-                out = self.session.run(None, {self.input: piece})[0]
-            except Exception as err:  # onnxruntime's own failures; its message can quote node names
-                raise MedclassError(f"{self.source} failed to run ({type(err).__name__} in onnxruntime); export the "
-                                    "model again with export.py") from None
-            where = f"{self.source} on {what}" if what else self.source
-            parts.append(onnx_model.check_probabilities(out, len(piece), len(self.meta["class_names"]),
-                                                        self.meta["task"], where))
-        return np.concatenate(parts) if len(parts) > 1 else parts[0]
+        if not len(array):
+            return np.zeros((0, len(self.meta["class_names"])), np.float32)
+        return self._run(array, f"{self.source} on {what}" if what else self.source)
+
+    def _run(self, array: np.ndarray, where: str) -> np.ndarray:
+        """Run `array` when the plan of its batch size fits the budget, else in halves (each planned again)."""
+        from medclass.untrusted import onnx_model
+
+        step = onnx_model.fit(self.graph, len(array), *self.shape[:2], memory_budget=self.budget)
+        if step < len(array):
+            return np.concatenate([self._run(array[i : i + step], where) for i in range(0, len(array), step)])
+        try:
+            out = self.session.run(None, {self.input: array})[0]
+        except Exception as err:  # onnxruntime's own failures; its message can quote node names
+            raise MedclassError(f"{self.source} failed to run ({type(err).__name__} in onnxruntime); export the "
+                                "model again with export.py") from None
+        return onnx_model.check_probabilities(out, len(array), len(self.meta["class_names"]), self.meta["task"], where)
 
 
 def max_abs_difference(module: Classifier, path: str | Path, batch: int = 8, seed: int = 0) -> float:

@@ -14,28 +14,37 @@ from the file alone, before anything is allocated:
 - **the graph's structure**: one model graph, no local functions, no training info, no sparse
   tensors, no external data (an initializer that names a file is refused, whatever the path);
   operators from the default ONNX domain only, and only those in `OPERATORS`: what medclass's
-  export emits for its registered networks (the CNN and timm's ResNets, VGG, EfficientNets,
-  MobileNetV3, ConvNeXt, DenseNet, RegNet, ViT/DeiT, Swin; `tests/test_untrusted_onnx.py` exports
-  them and asserts the set covers them), plus named siblings of the same kind (activations,
+  export emits for its registered networks (the CNN, plain and channels-last, and timm's ResNets,
+  VGG, EfficientNets, MobileNetV3, ConvNeXt, DenseNet, RegNet, ViT/DeiT, Swin, surveyed on random
+  weights; `tests/test_untrusted_onnx.py` exports the CNN in every task, and the timm ones under
+  `-m slow`, and asserts the set covers them), plus named siblings of the same kind (activations,
   normalisations, pooling). No control flow (`Loop`, `Scan`, `If`), no operator whose output shape
   depends on the data (`NonZero`, `Unique`, ...), no randomness, no sequences; no attribute
   that holds a graph, anywhere. At most `MAX_NODES` nodes.
 - **tensors held in the file**: real numbers (or the integers and booleans shape arithmetic
   uses), each one's bytes computed from its declared dims and dtype in Python integers and
   matched against the data actually present, before anything is decoded.
-- **memory and work by construction**: ONNX strict shape inference (with shape-data
-  propagation) runs on the graph with the input fixed to the batch about to be run,
-  `(batch, in_chans, image_size, image_size)` from the file's checked metadata. Every value must
-  then have a fully static shape of real numbers: a shape that depends on the data, or that
-  inference cannot know, is refused. From those shapes the peak of the values alive at once (a
-  liveness walk in the graph's topological order, plus each convolution's im2col buffer) must
-  fit `memory_budget` (default `MEMORY_BUDGET`, 2 GiB; the batch is split until it does, and a
-  graph whose single image does not fit is refused), and the arithmetic (multiply-adds of
-  convolutions and matrix products, element counts of the rest) must stay within
-  `WORK_PER_INPUT` per input element plus `WORK_BASE` per image: about 100 times a ResNet-50's
-  cost per pixel, far below a matrix product of two 16k x 16k constants on a 28 px model. Shapes
-  are inferred again for each new batch size, so a shape that grows faster than the batch
-  (batch^8) is seen at the size that is actually run.
+- **memory and work by construction**: what bounds a graph's memory is the shapes of its
+  values, and with the input fixed they are all computable from the file. ONNX strict shape
+  inference (with shape-data propagation) runs on the graph with the input fixed to the batch
+  about to be run, `(batch, in_chans, image_size, image_size)` from the file's checked metadata;
+  the one emitted operator it leaves unsized, `Range` (channels-last exports flatten through
+  `Range(0, batch)`), is sized from its start, limit and step, computed by a small evaluator of
+  integer shape arithmetic on tensors of at most `KEEP_CONSTANT` elements (a step of 0 is
+  refused). Every value must then have a fully static shape of real numbers: one that depends on
+  the data, or that cannot be known, is refused. With no `Cast`, `ConstantOfShape`, `Tile` or
+  `Resize` allowed, every integer tensor comes from a constant or a `Shape`, never from the image,
+  so "shape-building constants" are just values of the plan. From those shapes, the peak of the
+  values alive at once (a liveness walk in the graph's topological order, plus each
+  convolution's im2col buffer) must fit `memory_budget` (default `MEMORY_BUDGET`, 2 GiB; a batch
+  that does not fit is halved until it does, and a graph whose single image does not fit is
+  refused); the arithmetic (multiply-adds of convolutions and matrix products, element counts of
+  the rest) must stay within `WORK_PER_INPUT` per input value plus `WORK_BASE` per image (10^7
+  and 10^10: ResNet-50 needs 2.7e4 per input value, ViT-Ti 8.7e3, VGG-16's head on 32 px 1.4e5;
+  300 products of 2048² matrices on a 16 px model need 200 times its allowance). Shapes
+  are inferred again for each batch size that runs, so a shape that grows faster than the batch
+  (batch^8) is seen at the size actually run. The plan matched onnxruntime's own peak within 5 %
+  on a graph of one 750 MB intermediate value.
 - **outputs**: float32 of shape `(batch, classes)`, finite, in [0, 1], and, unless the task is
   multi-label, rows summing to 1 (`check_probabilities`). A probe batch (zeros and a fixed
   pattern) runs when the file is opened; every later batch is checked the same way.
@@ -47,7 +56,7 @@ operator, never by the file's own text.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -72,7 +81,7 @@ OPSETS = range(11, 1000)  # the default domain's versions; the upper end is onnx
 EMITTED = frozenset({
     "Add", "AveragePool", "BatchNormalization", "Clip", "Concat", "Conv", "Div", "Erf", "Expand", "Gather", "GatherND",
     "Gemm", "HardSigmoid", "HardSwish", "LayerNormalization", "MatMul", "MaxPool", "Mul", "Pad", "ReduceMean", "Relu",
-    "Reshape", "Shape", "Sigmoid", "Slice", "Softmax", "Squeeze", "Transpose", "Unsqueeze",
+    "Range", "Reshape", "Shape", "Sigmoid", "Slice", "Softmax", "Squeeze", "Transpose", "Unsqueeze",
 })
 # ... and siblings of the same kind: element-wise maths, activations, normalisations, pooling, reductions. Each has
 # an output shape fixed by its inputs' shapes and constant attributes, so the shape plan covers it; none builds a
@@ -311,6 +320,122 @@ def _static_shape(value: Any) -> tuple[tuple[int, ...], int] | None:
     return tuple(int(d.dim_value) for d in dims), value.type.tensor_type.elem_type
 
 
+def _static_shapes(graph: Any) -> dict[str, tuple[tuple[int, ...], int]]:
+    """(shape, element type) of every value of an inferred graph whose shape is fully known."""
+    shapes = {}
+    for value in (*graph.input, *graph.value_info, *graph.output):
+        static = _static_shape(value)
+        if static is not None:
+            shapes[value.name] = static
+    for tensor in graph.initializer:
+        shapes[tensor.name] = (tuple(int(d) for d in tensor.dims), tensor.data_type)
+    return shapes
+
+
+# Shape arithmetic evaluated here, on integer tensors of at most KEEP_CONSTANT elements: what feeds a Range in the
+# exports of channels-last networks (`Range(0, batch)` of as_strided), which ONNX shape inference leaves unsized.
+_ARITHMETIC = ("Constant", "Identity", "Shape", "Squeeze", "Unsqueeze", "Gather", "Slice", "Concat", "Add", "Sub",
+               "Mul", "Div", "Reshape")
+
+
+def _size_ranges(checked: CheckedGraph, graph: Any, shapes: dict[str, tuple[tuple[int, ...], int]]) -> list[Any]:
+    """Value infos sizing each unsized Range whose start, limit and delta can be computed from constants and
+    static shapes (`_evaluate`); its element count is computed, never its elements."""
+    onnx = _onnx()
+    producers = {out: node for node in graph.node for out in node.output}
+    constants = {t.name: t for t in graph.initializer}
+    known: dict[str, np.ndarray | None] = {}
+
+    def value(name: str, depth: int = 0) -> np.ndarray | None:
+        if name in known:
+            return known[name]
+        known[name] = None  # while being computed, and when it cannot be: unknown
+        result = None
+        if name in constants:
+            result = onnx.numpy_helper.to_array(constants[name])
+        elif name in producers and depth < 64:
+            node = producers[name]
+            result = _evaluate(node, [value(n, depth + 1) if n else None for n in node.input], shapes)
+        if result is not None and (result.dtype.kind not in "iu" or result.size > KEEP_CONSTANT):
+            result = None
+        known[name] = result
+        return result
+
+    sized = []
+    for node in graph.node:
+        if node.op_type != "Range":
+            continue
+        bounds = [value(n) for n in node.input]
+        if any(b is None or b.size != 1 for b in bounds):
+            continue  # unsized: refused by the plan
+        start, limit, delta = (int(np.asarray(b).reshape(())) for b in bounds)
+        if delta == 0:
+            raise checked.fail("has a Range with a step of 0 (it would never end)")
+        if node.output[0] in shapes:
+            continue
+        count = max(-(-(limit - start) // delta), 0)
+        elem = shapes[node.input[0]][1] if node.input[0] in shapes else onnx.TensorProto.INT64
+        sized.append(onnx.helper.make_tensor_value_info(node.output[0], elem, [count]))
+    return sized
+
+
+def _evaluate(node: Any, inputs: list[np.ndarray | None], shapes: dict[str, tuple[tuple[int, ...], int]]
+              ) -> np.ndarray | None:
+    """One node of shape arithmetic (`_ARITHMETIC`) on small integer arrays, or None when it is not that."""
+    attrs = {a.name: a for a in node.attribute}
+    op = node.op_type
+    try:
+        if op == "Constant":
+            return _onnx().numpy_helper.to_array(attrs["value"].t) if "value" in attrs else None
+        if op == "Shape":
+            if node.input[0] not in shapes:
+                return None
+            dims = shapes[node.input[0]][0]
+            start = attrs["start"].i if "start" in attrs else 0
+            end = attrs["end"].i if "end" in attrs else len(dims)
+            return np.array(dims[start:end], np.int64)
+        if op not in _ARITHMETIC or inputs[0] is None:
+            return None
+        first = inputs[0]
+        if op == "Identity":
+            return first
+        if op in ("Squeeze", "Unsqueeze"):
+            axes = inputs[1] if len(inputs) > 1 else np.array(attrs["axes"].ints if "axes" in attrs else [])
+            if axes is None:
+                return None
+            axes = tuple(int(x) for x in np.asarray(axes).reshape(-1))
+            if op == "Squeeze":
+                return np.squeeze(first, axes) if axes else np.squeeze(first)
+            return np.expand_dims(first, axes)
+        if any(x is None for x in inputs):
+            return None
+        rest = [np.asarray(x) for x in inputs[1:]]
+        if op in ("Gather", "Concat") and first.size * sum(x.size for x in rest) > KEEP_CONSTANT ** 2:
+            return None  # bounded before it is computed (the result is checked again by the caller)
+        if op == "Gather":
+            return np.take(first, rest[0], axis=attrs["axis"].i if "axis" in attrs else 0)
+        if op == "Slice":
+            starts, ends = rest[0], rest[1]
+            axes = rest[2] if len(rest) > 2 else np.arange(len(starts))
+            steps = rest[3] if len(rest) > 3 else np.ones(len(starts), np.int64)
+            index = [slice(None)] * first.ndim
+            for s, e, a, st in zip(starts, ends, axes, steps, strict=True):
+                index[int(a)] = slice(int(s), int(e), int(st))
+            return first[tuple(index)]
+        if op == "Concat":
+            return np.concatenate([first, *rest], axis=attrs["axis"].i)
+        if op == "Reshape":
+            return first.reshape([int(d) for d in rest[0]])
+        if int(np.prod(np.broadcast_shapes(first.shape, rest[0].shape))) > KEEP_CONSTANT:
+            return None
+        a, b = first.astype(np.int64), rest[0].astype(np.int64)
+        if op == "Div":  # integer division truncates toward zero, exactly
+            return None if (b == 0).any() else np.sign(a) * np.sign(b) * (np.abs(a) // np.abs(b))
+        return {"Add": np.add, "Sub": np.subtract, "Mul": np.multiply}[op](a, b)
+    except (ValueError, IndexError, KeyError, TypeError, OverflowError):
+        return None
+
+
 def _plan(checked: CheckedGraph, batch: int, in_chans: int, image_size: int) -> Plan:
     """Infer every value's shape at this batch size and walk the graph: peak bytes alive and work."""
     onnx = _onnx()
@@ -329,20 +454,23 @@ def _plan(checked: CheckedGraph, batch: int, in_chans: int, image_size: int) -> 
         image.type.tensor_type.shape.dim.add().dim_value = w
     try:
         onnx.checker.check_model(model)  # well formed: topological order, known operators, valid attributes
-        for output in model.graph.output:  # declared shapes are the file's word: inferred from the input alone
-            output.type.tensor_type.ClearField("shape")
-        inferred = onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True, data_prop=True)
-    except Exception as err:  # onnx's InferenceError / ValidationError: the message may quote node names
-        raise checked.fail(f"is not a consistent graph for a batch of {batch} ({type(err).__name__} from ONNX "
-                           "shape inference)") from None
-    graph = inferred.graph
-    shapes: dict[str, tuple[tuple[int, ...], int]] = {}
-    for value in (*graph.input, *graph.value_info, *graph.output):
-        static = _static_shape(value)
-        if static is not None:
-            shapes[value.name] = static
-    for tensor in graph.initializer:
-        shapes[tensor.name] = (tuple(int(d) for d in tensor.dims), tensor.data_type)
+    except Exception as err:  # onnx's ValidationError: the message may quote node names
+        raise checked.fail(f"is not a well-formed ONNX graph ({type(err).__name__} from the ONNX checker)") from None
+    for output in model.graph.output:  # declared shapes are the file's word: inferred from the input alone
+        output.type.tensor_type.ClearField("shape")
+    ranges = sum(node.op_type == "Range" for node in model.graph.node)
+    for _ in range(ranges + 1):  # each pass sizes the Range nodes whose bounds the last one made known
+        try:
+            inferred = onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True, data_prop=True)
+        except Exception as err:  # onnx's InferenceError: the message may quote node names
+            raise checked.fail(f"is not a consistent graph for a batch of {batch} ({type(err).__name__} from ONNX "
+                               "shape inference)") from None
+        graph = inferred.graph
+        shapes = _static_shapes(graph)
+        sized = _size_ranges(checked, graph, shapes)
+        if not sized:
+            break
+        model.graph.value_info.extend(sized)
     constants = {t.name for t in graph.initializer} | {i.name for i in graph.input if i.name != checked.input_name}
     T = onnx.TensorProto
 
@@ -366,7 +494,8 @@ def _plan(checked: CheckedGraph, batch: int, in_chans: int, image_size: int) -> 
                 continue
             if name not in shapes:
                 raise checked.fail(f"has a value (output of node {index}) whose shape cannot be known before "
-                                   f"running: it depends on the data, which medclass's export never does")
+                                   "running (it depends on the data, or on a tensor too large to plan with), which "
+                                   "medclass's export never does")
             if T.DataType.Name(shapes[name][1]) not in _REAL:
                 raise checked.fail(f"has a value (output of node {index}) that is not real numbers")
             alive[name] = nbytes(name)
@@ -399,16 +528,14 @@ def _plan(checked: CheckedGraph, batch: int, in_chans: int, image_size: int) -> 
     return Plan(batch, peak, work, output[0], T.DataType.Name(output[1]))
 
 
-def batch_sizes(checked: CheckedGraph, batch: int, in_chans: int, image_size: int,
-                memory_budget: int = MEMORY_BUDGET) -> Iterator[int]:
-    """The largest sub-batch size not above `batch` whose plan fits `memory_budget` (halving), or refused when
-    even one image does not fit."""
+def fit(checked: CheckedGraph, batch: int, in_chans: int, image_size: int, memory_budget: int = MEMORY_BUDGET) -> int:
+    """The largest batch size, `batch` halved until its plan fits `memory_budget`; refused when even one image
+    does not fit. Every size is planned from its own shapes (a plan need not grow with the batch)."""
     size = batch
     while True:
         plan = checked.plan(size, in_chans, image_size)
         if plan.peak_bytes <= memory_budget:
-            yield size
-            return
+            return size
         if size == 1:
             raise checked.fail(f"needs about {plan.peak_bytes / GiB:.1f} GiB of memory for one image of "
                                f"{in_chans}x{image_size}x{image_size}, more than the {memory_budget / GiB:g} GiB "
