@@ -14,6 +14,7 @@ The attack builders are plain functions (`ATTACKS`), so the issue's table can re
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import re
 from collections.abc import Callable
@@ -72,8 +73,10 @@ def write_rows(path: Path, header: list[str], rows: list[list[str]] | list[tuple
 
 
 def odd_label_manifest(root: Path, labels: tuple[str, ...] = ODD_LABELS, per_class: int = 10) -> Path:
-    """Legitimate: a manifest whose labels hold `/`, `.`, `..`, spaces, a leading `=`, non-ASCII, a backslash."""
-    return write_rows(root / "manifest.csv", ["path", "label"], labelled_images(root, labels, per_class))
+    """Legitimate: a manifest whose labels hold `/`, `.`, `..`, spaces, a leading `=`, non-ASCII, a backslash, with
+    a column named `scanner/site` (a subgroup column whose forest plot becomes a file)."""
+    rows = [(p, label, f"S{i % 2}/{i % 3}") for i, (p, label) in enumerate(labelled_images(root, labels, per_class))]
+    return write_rows(root / "manifest.csv", ["path", "label", "scanner/site"], rows)
 
 
 def wide_header_manifest(root: Path, columns: int = 1_000_000) -> Path:
@@ -250,6 +253,19 @@ def test_train_refuses_the_names_readers_refuse_naming_the_line(tmp_path: Path) 
         hparams.check_training_info({**info, "class_names": ["a", "b\x1b"]})
 
 
+@pytest.mark.parametrize("text", ["forest_T1/T2 site", "forest_../../escape", "forest_Ödem", ".hidden", "",
+                                  "a" * 300, "forest_T1_T2_site"])
+def test_a_text_that_becomes_a_file_name_stays_one_plain_name(text: str) -> None:
+    """Where a manifest column or a class name becomes part of a file name (eval's forest plots), it is made one
+    plain ASCII name there, and two texts never share one."""
+    from medclass.eval.sections import file_part
+
+    part = file_part(text)
+    assert re.fullmatch(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,99}", part), part
+    assert part == text or part.endswith("-" + hashlib.sha1(text.encode()).hexdigest()[:8])
+    assert file_part("forest_T1/T2 site") != file_part("forest_T1_T2 site") != file_part("forest_T1_T2_site")
+
+
 # -- the bounded table reader -------------------------------------------------------------------------------------
 SLOW_ATTACKS = {"20 million cells"}  # 40 MB written and 16 million cells parsed: seconds; the bound is tested below
 
@@ -339,6 +355,7 @@ def test_odd_labels_go_through_train_eval_predict_and_both_exports(tmp_path: Pat
     """`T1/T2`, `grade 2.5`, `N/A`, `..`, `=cmd`, `Ödem`, `L\\R`: train.py (command line) writes a checkpoint
     its own eval, predict and export read; predict reads both exports; every CSV keeps `=cmd` as text; no file
     or folder is named after a class."""
+    from medclass.eval import sections
     from medclass.tasks.evaluate import evaluate
     from medclass.tasks.export import OnnxModel, run_export
     from medclass.tasks.predict import run_predict
@@ -350,10 +367,12 @@ def test_odd_labels_go_through_train_eval_predict_and_both_exports(tmp_path: Pat
     assert proc.returncode == 0, proc.stderr[-3000:]
     ckpt = run / "checkpoints" / "last.ckpt"
     names = sorted(ODD_LABELS)
-    evaluate(compose_train([f"ckpt_path={ckpt}", f"data.manifest={manifest}", "bootstrap=0"], tmp_path / "eval",
-                           config_name="eval"))
+    evaluate(compose_train([f"ckpt_path={ckpt}", f"data.manifest={manifest}", "bootstrap=0",
+                            "subgroups=[scanner/site]", "subgroup_min_count=1"], tmp_path / "eval", config_name="eval"))
     report = json.loads((tmp_path / "eval" / "report.json").read_text())
     assert [c["class"] for c in report["metrics"]["per_class"]] == names
+    forest = sections.file_part("forest_scanner/site")
+    assert f"figures/{forest}.png" in report["figures"] and (tmp_path / "eval" / "figures" / f"{forest}.png").is_file()
     outputs = {"ckpt": run_predict(compose_train([f"ckpt_path={ckpt}", f"inputs={manifest}"], tmp_path / "p_ckpt",
                                                  config_name="predict"))}
     for fmt, suffix in (("onnx", ".onnx"), ("safetensors", ".safetensors")):
@@ -375,4 +394,4 @@ def test_odd_labels_go_through_train_eval_predict_and_both_exports(tmp_path: Pat
             cells = [cell for row in csv.reader(f) for cell in row]
         assert not any(cell.startswith("=") for cell in cells), table  # a formula never reaches a spreadsheet
     made = {p.name for p in tmp_path.rglob("*") if not p.is_relative_to(tmp_path / "study")}
-    assert not made & {"T1", "T2", "N", "A", "R", "grade 2.5", "=cmd", "Ödem"}, made
+    assert not made & {"T1", "T2", "N", "A", "R", "grade 2.5", "=cmd", "Ödem", "forest_scanner", "site.png"}, made

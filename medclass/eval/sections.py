@@ -8,7 +8,9 @@ never from a path or a name a file chose; thresholds are chosen on validation on
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -136,6 +138,17 @@ def external_section(cfg: DictConfig, module: Any, device: Any, internal: tuple[
 
 
 # -- writing ------------------------------------------------------------------------------------------------
+def file_part(text: str, limit: int = 80) -> str:
+    """`text` (a manifest column such as `T1/T2 site`, a class name) as part of a file name in a folder medclass
+    writes: ASCII letters, digits, `.`, `_` and `-` kept, anything else `_`, no leading dot, at most `limit`
+    characters, and a short hash of the text whenever it was changed, so two texts never share a file."""
+    safe = re.sub(r"[^A-Za-z0-9._-]", "_", text).lstrip(".")[:limit]
+    if safe == text and text:
+        return text
+    return f"{safe}-{hashlib.sha1(text.encode('utf-8', 'surrogatepass')).hexdigest()[:8]}"
+
+
+
 Section = tuple[str, Any, str, dict[str, Any]]  # (report.json key, entry, report.md text, {figure name: Figure})
 
 
@@ -149,8 +162,10 @@ def add_sections(out: Path, report: dict[str, Any], data_info: Mapping[str, Any]
         report[key] = entry
         parts += ["", text.rstrip("\n")]
         for name, fig in figures.items():
-            save_figure(fig, out / "figures" / f"{name}.png", bbox_inches="tight", pad_inches=0.1)
-            report["figures"] = [*report.get("figures", []), f"figures/{name}.png"]
-            parts += ["", f"![{name.replace('_', ' ')}](figures/{name}.png)"]
+            file = f"figures/{file_part(name)}.png"  # a figure may be named after a manifest column: any text
+            save_figure(fig, out / file, bbox_inches="tight", pad_inches=0.1)
+            report["figures"] = [*report.get("figures", []), file]
+            alt = re.sub(r"[\[\]\s]+", " ", name.replace("_", " "))
+            parts += ["", f"![{alt}]({file})"]
     write_json(out / "report.json", report, sort_keys=False)
     write_text(out / "report.md", "\n".join(parts) + "\n")
