@@ -93,3 +93,23 @@ def test_eval_reads_a_model_files_paths_only_under_its_seal(blood_run: Path, tmp
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
     assert proc.returncode == 2 and len(errors) == 1 and "not written by medclass under this account" in errors[0]
     assert CANARY not in proc.stdout + proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_pipes_devices_and_broken_links_are_listed_as_skipped_never_silently_dropped(tmp_path: Path) -> None:
+    """A FIFO or a link to /dev/zero named like an image is neither read (it would wait or never end) nor
+    dropped without a word: predict's inputs and a training folder both list it with its reason."""
+    from medclass.data.scan import scan_folder
+    from medclass.tasks.predict import collect_inputs
+
+    from .conftest import clean_tree
+
+    root = clean_tree(tmp_path / "data", per_class=3)
+    os.mkfifo(root / "a" / "fifo.png")
+    (root / "b" / "zero.png").symlink_to("/dev/zero")
+    (root / "b" / "gone.png").symlink_to(tmp_path / "nowhere.png")
+    files, skipped = collect_inputs(root)
+    reasons = {p.name: why for p, why in skipped}
+    assert len(files) == 6 and all(reasons[n].startswith("not a regular file") for n in ("fifo.png", "zero.png",
+                                                                                           "gone.png"))
+    scan = scan_folder(root)
+    assert len(scan.files) == 6 and {p.name for p, _ in scan.skipped} == {"fifo.png", "zero.png", "gone.png"}

@@ -64,7 +64,7 @@ def scan_folder(root: Path, what: str = "data.root") -> Scan:
     seen: dict[str, tuple[Path, str]] = {}
     for class_dir in classes:
         count = 0
-        for path in sorted(p for p in class_dir.rglob("*") if p.is_file()):
+        for path in sorted(p for p in class_dir.rglob("*") if not p.is_dir()):  # pipes, devices: skipped, listed
             digest, reason = admit(path, root, class_dir.name, seen)
             if reason:
                 scan.skipped.append((path, reason))
@@ -106,6 +106,8 @@ def reason_to_skip(path: Path, root: Path) -> str | None:
         return "hidden file or folder"
     if not is_image_name(path):
         return f"not an image ({path.suffix or 'no suffix'})"
+    if not path.is_file():
+        return "not a regular file (a pipe, device or broken link)"
     if path.stat().st_size == 0:
         return "empty file"
     return None

@@ -235,7 +235,7 @@ def _expand(spec: str, columns: dict[Path, dict[str, str]]) -> list[tuple[Path, 
     if path.is_file():
         return [(path, path.parent)]
     if path.is_dir():
-        return [(p, path) for p in sorted(path.rglob("*")) if p.is_file()]
+        return [(p, path) for p in sorted(path.rglob("*")) if not p.is_dir()]  # pipes and devices: listed, skipped
     if glob.has_magic(spec):
         matches = [Path(p) for p in sorted(glob.glob(str(path), recursive=True))]
         return [pair for m in matches for pair in _expand(str(m), columns)]
@@ -496,7 +496,11 @@ class PredictionWriter:
                   *(["labels"] if self.multi else []),
                   *(f"top{i}_{c}" for i in range(1, k + 1) for c in ("class", "probability")),
                   *(f"prob_{n}" for n in self.names), *(["cam"] if cams else [])]
-        self.header = header + [f"input_{c}" if c in header else c for c in self.extra]
+        self.header = header
+        for column in self.extra:  # an input column never shares a name with another column (input_, input_input_)
+            while column in self.header:
+                column = f"input_{column}"
+            self.header.append(column)
         self.out, self.head = out, {**source, "task": meta["task"], "class_names": self.names}
         self.count = 0
         self._keys: list[str] | None = None  # each class name as a JSON key, made once
