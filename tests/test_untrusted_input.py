@@ -336,18 +336,14 @@ def one_error_line(proc: object) -> str:
     return errors[0]
 
 
-def test_a_million_header_columns_and_a_secret_header_stop_train_with_one_line(tmp_path: Path) -> None:
-    """The issue's attacks on the command line: a 7.9 MB header of a million columns (9.6 GB peak before) and an
-    environment file as the manifest (its content was printed)."""
-    wide = wide_header_manifest(tmp_path / "wide")
-    line = one_error_line(run_script("train.py", "data=manifest", f"data.manifest={wide}", "debug=fast",
-                                     f"hydra.run.dir={tmp_path / 'run1'}", f"paths.log_dir={tmp_path / 'logs'}"))
-    assert "line 1 is longer than 1,048,576 bytes" in line and "c1" not in line
+def test_an_environment_file_as_manifest_stops_train_with_one_line_and_no_secret(tmp_path: Path) -> None:
+    """The issue's attack on the command line: the error line once listed the header's "columns", printing the
+    secret (the million-column header is the same reader's line bound, tested above and measured in the table)."""
     secret = secret_header_manifest(tmp_path / "env")
     line = one_error_line(run_script("train.py", "data=manifest", f"data.manifest={secret}", "debug=fast",
-                                     f"hydra.run.dir={tmp_path / 'run2'}", f"paths.log_dir={tmp_path / 'logs'}",
+                                     f"hydra.run.dir={tmp_path / 'run'}", f"paths.log_dir={tmp_path / 'logs'}",
                                      env={CANARY: CANARY_VALUE}))
-    assert "has no column path, label in its header" in line and "SHELL" not in line
+    assert "has no column path, label in its header (line 1, 3 columns)" in line and "SHELL" not in line
 
 
 @pytest.mark.slow  # train.py on the command line, then eval, predict, two exports and two predicts: about a minute
