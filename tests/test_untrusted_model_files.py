@@ -272,6 +272,15 @@ def resume_loop_nan(base: dict[str, Any], folder: Path) -> Attack:
                   r"loops.*_batches_that_stepped.*NaN", refused_by=("train",))
 
 
+def resume_weights_only(base: dict[str, Any], folder: Path) -> Attack:
+    """A checkpoint saved with weights only: Lightning stopped with a KeyError after building everything."""
+    ckpt = {k: v for k, v in base.items() if k in ("state_dict", "hyper_parameters", "epoch", "global_step",
+                                                   "pytorch-lightning_version")}
+    return Attack("resume: a weights-only checkpoint", _save(ckpt, folder / "model.ckpt"),
+                  r"holds weights but no training state \(optimizer_states, lr_schedulers, loops\).*init_from=",
+                  refused_by=("train",))
+
+
 MODEL_FILE_ATTACKS: dict[str, Callable[[dict[str, Any], Path], Attack]] = {
     "overflowing_head": overflowing_head,
     "float64_huge": float64_huge,
@@ -289,6 +298,7 @@ RESUME_ATTACKS: dict[str, Callable[[dict[str, Any], Path], Attack]] = {
     "resume_scheduler_attribute": resume_scheduler_attribute,
     "resume_optimizer_shapes": resume_optimizer_shapes,
     "resume_loop_nan": resume_loop_nan,
+    "resume_weights_only": resume_weights_only,
 }
 
 

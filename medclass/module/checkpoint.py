@@ -137,11 +137,14 @@ def read_export(path: Path) -> ModelFile:
     operating = operating_file.check(meta.get("operating") or {}, str(meta_path))
     source = str(path)
     try:
-        expected = expected_weights(hparams, source)
-        mf.check_against(mf.safetensors_index(path), expected, source)
-        state = mf.read_safetensors(path, list(expected))
+        index = mf.safetensors_index(path)
     except Refused as err:
-        raise s.Invalid(str(err)) from None
+        raise MedclassError(str(err)) from None
+    check_index(hparams, index, source)
+    try:
+        state = mf.read_safetensors(path, list(index))  # exactly the network's tensors, by now
+    except Refused as err:
+        raise MedclassError(str(err)) from None
     return ModelFile(path, hparams, state, operating, _sealed(hparams, meta.get("medclass_seal")))
 
 
@@ -153,17 +156,9 @@ def read_model_file(path: str | Path) -> ModelFile:
     ckpt = read_checkpoint(path)
     source = f"checkpoint {path}"
     hparams = validate(ckpt["hyper_parameters"], source)
-    state = checked_weights(ckpt["state_dict"], expected_weights(hparams, source), source)
+    state = check_weights(ckpt["state_dict"], source)
+    check_index(hparams, mf.index_of(state, source), source)  # memory-mapped: nothing read yet
     return ModelFile(path, hparams, state, sealed=_sealed(hparams, ckpt.get("medclass_seal")))
-
-
-def checked_weights(state: Any, expected: Mapping[str, mf.TensorInfo], source: str) -> Mapping[str, torch.Tensor]:
-    """`state` (memory-mapped tensors) when its names, dtypes and shapes are exactly `expected`; nothing read."""
-    try:
-        mf.check_against(mf.index_of(state, source), expected, source)
-    except Refused as err:
-        raise s.Invalid(str(err)) from None
-    return state
 
 
 def check_weights(state: Any, source: str) -> Mapping[str, torch.Tensor]:
@@ -193,17 +188,21 @@ def skeleton(hparams: Mapping[str, Any]) -> Classifier:
         return Classifier(**{**hparams, "net": file_safe_net(hparams), "compile": False})
 
 
-def expected_weights(hparams: Mapping[str, Any], source: str) -> dict[str, mf.TensorInfo]:
-    """What the described network loads (names, dtypes, shapes), after the bound on its activations: a description
-    cannot ask for more memory than the weights the file must then hold, nor for layers no image fits through."""
+def check_index(hparams: Mapping[str, Any], index: Mapping[str, mf.TensorInfo], source: str) -> None:
+    """The file's tensors (names, dtypes, shapes from its index) against what the described network loads, then
+    the bound on its activations: a description cannot ask for more memory than the weights the file holds, nor
+    for layers no image of its size fits through."""
     module = skeleton(hparams)
+    try:
+        mf.check_against(index, mf.expected_index(module), source)
+    except Refused as err:
+        raise s.Invalid(str(err)) from None
     info = hparams["data_info"]
     largest = largest_activation(module.net, info["in_chans"], info["image_size"])
     if largest * 4 > MAX_ACTIVATION_BYTES:
         raise s.Invalid(f"{source}: one {info['image_size']} px image would need a {largest * 4 / 2**30:.1f} GB "
                         f"activation in this network (at most {MAX_ACTIVATION_BYTES / 2**30:.0f} GB); it is not a "
                         "model medclass can run here")
-    return mf.expected_index(module)
 
 
 def largest_activation(net: torch.nn.Module, in_chans: int, size: int) -> int:
@@ -431,6 +430,10 @@ class Resume:
         from medclass.utils.io import atomic_open
 
         ckpt, source = self.ckpt, self.source
+        missing = [k for k in ("optimizer_states", "lr_schedulers", "loops") if k not in ckpt]
+        if training and missing:  # Lightning would stop with a KeyError after setting everything up
+            raise MedclassError(f"{source} holds weights but no training state ({', '.join(missing)}), so there is "
+                                f"nothing to resume; start a new training from its weights with init_from={self.path}")
         expected = mf.expected_index(module)
         copy: dict[str, Any] = {k: ckpt[k] for k in ("epoch", "global_step", "pytorch-lightning_version",
                                                       "hparams_name", "random_state") if k in ckpt}
@@ -441,13 +444,11 @@ class Resume:
             copy["current_model_state"] = self._weights(ckpt["current_model_state"], expected, module,
                                                         "current_model_state")
             copy["averaging_state"] = ckpt["averaging_state"]
-        if training and "fit_loop" in (ckpt.get("loops") or {}):  # testing restores no loop state that matters
-            copy["loops"] = {"fit_loop": ckpt["loops"]["fit_loop"]}
-        if "optimizer_states" in ckpt:
+        if training:  # testing (train=false) restores the weights; progress, optimizer and schedule do not matter
+            copy["loops"] = {"fit_loop": ckpt["loops"].get("fit_loop", {})}
             copy["optimizer_states"] = self._optimizers(ckpt["optimizer_states"], module)
-        if "lr_schedulers" in ckpt:
             copy["lr_schedulers"] = ckpt["lr_schedulers"]
-        copy.update({k: v for k, v in ckpt.items() if isinstance(k, str) and PRECISION_STATE.fullmatch(k)})
+            copy.update({k: v for k, v in ckpt.items() if isinstance(k, str) and PRECISION_STATE.fullmatch(k)})
         configured = {c.state_key: c for c in callbacks if hasattr(c, "state_key")}
         kept = {}
         for key, state in (ckpt.get("callbacks") or {}).items():
@@ -578,9 +579,11 @@ def same_layout(fresh: Any, saved: Any, where: str, subset: bool = False) -> Non
     while stack:
         at, a, b = stack.pop()
         if isinstance(a, Mapping) and isinstance(b, Mapping):
-            if (set(b) - set(a)) or (not subset and set(a) != set(b)):
-                other = sorted(map(str, (set(b) ^ set(a)) if not subset else set(b) - set(a)))
-                raise s.Invalid(f"{at} has keys this run's does not ({printable(', '.join(other), 200)})")
+            extra, missing = sorted(map(str, set(b) - set(a))), sorted(map(str, set(a) - set(b)))
+            if extra:
+                raise s.Invalid(f"{at} has keys this run's does not ({printable(', '.join(extra), 200)})")
+            if missing and not subset:
+                raise s.Invalid(f"{at} lacks keys this run's has ({printable(', '.join(missing), 200)})")
             stack.extend((f"{at}.{k}", a[k], b[k]) for k in b)
         elif _kind(a) != _kind(b):
             raise s.Invalid(f"{at}: a {_kind(b)} where this run has a {_kind(a)}")

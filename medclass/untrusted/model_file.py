@@ -198,7 +198,8 @@ def check_against(index: Mapping[str, TensorInfo], expected: Mapping[str, Tensor
     missing = sorted(set(expected) - set(index))
     if missing:
         more = f" and {len(missing) - 1:,} more" if len(missing) > 1 else ""
-        raise Refused(f"{source} lacks weights the network it describes needs ({printable(missing[0], 120)}{more})")
+        raise Refused(f"{source}: its weights do not fit the network it describes ({printable(missing[0], 120)}"
+                      f"{more} missing)")
     for name, want in expected.items():
         got = index[name]
         if want.floating and not got.floating:
@@ -207,8 +208,8 @@ def check_against(index: Mapping[str, TensorInfo], expected: Mapping[str, Tensor
         if not want.floating and got.dtype != want.dtype:
             raise Refused(f"{source}: {printable(name, 120)} is {printable(got.dtype, 40)}; expected {want.dtype}")
         if got.shape != want.shape:
-            raise Refused(f"{source}: {printable(name, 120)} has shape {list(got.shape)}; the network it describes "
-                          f"needs {list(want.shape)}")
+            raise Refused(f"{source}: its weights do not fit the network it describes ({printable(name, 120)} is "
+                          f"{list(got.shape)} in the file, {list(want.shape)} in the network)")
 
 
 # -- numbers, once loaded ----------------------------------------------------------------------------------
