@@ -175,6 +175,9 @@ def test_an_image_that_alone_exceeds_memory_mb_is_one_line_naming_the_option(tmp
         predict(ckpt, grey_images(tmp_path / "in", 2), tmp_path / "out", memory_mb=2)
     assert str(ckpt) in str(err.value) and "\n" not in str(err.value)
     assert not (tmp_path / "out" / "predictions.csv").exists()
+    predict(ckpt, tmp_path / "in", tmp_path / "plain", memory_mb=8)  # fits without Grad-CAM ...
+    with pytest.raises(MedclassError, match="Grad-CAM on every layer.* more than memory_mb=8"):
+        predict(ckpt, tmp_path / "in", tmp_path / "cam", memory_mb=8, cam="true")  # ... which keeps every layer
     with pytest.raises(MedclassError, match="memory_mb=0: expected a whole number"):
         predict(ckpt, tmp_path / "in", tmp_path / "out", memory_mb=0)
     with pytest.raises(MedclassError, match="tta_gflop=many: expected a number"):
