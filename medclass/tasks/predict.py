@@ -496,11 +496,12 @@ class PredictionWriter:
                   *(["labels"] if self.multi else []),
                   *(f"top{i}_{c}" for i in range(1, k + 1) for c in ("class", "probability")),
                   *(f"prob_{n}" for n in self.names), *(["cam"] if cams else [])]
-        self.header = header
+        self.header, taken = header, set(header)  # a set: 100,000 class columns, up to 1,000 input columns
         for column in self.extra:  # an input column never shares a name with another column (input_, input_input_)
-            while column in self.header:
+            while column in taken:
                 column = f"input_{column}"
             self.header.append(column)
+            taken.add(column)
         self.out, self.head = out, {**source, "task": meta["task"], "class_names": self.names}
         self.count = 0
         self._keys: list[str] | None = None  # each class name as a JSON key, made once
