@@ -55,6 +55,7 @@ from medclass.data.decode import DICOM_SUFFIXES, decode_resized
 from medclass.data.folder import FolderDataModule
 from medclass.data.leakage import split_copies
 from medclass.untrusted import files
+from medclass.untrusted.tables import CLASS_NAME
 from medclass.utils import schema as s
 from medclass.utils.errors import MedclassError
 from medclass.utils.extras import require
@@ -210,7 +211,7 @@ def _why_unreadable(path: str, size: int, chans: int) -> str:
 def _info(value: Any, where: str) -> dict[str, Any]:
     info = s.record({
         "task": s.choice(*TASKS),
-        "class_names": s.list_of(s.name(), 2, 100_000),
+        "class_names": s.list_of(CLASS_NAME, 2, 100_000),
         "in_chans": s.integer(1, 4),
         "image_size": s.integer(1, 2048),
         "mean": s.list_of(s.number(0, 1), 1, 4),
