@@ -275,6 +275,21 @@ def test_a_batch_over_the_memory_budget_runs_in_pieces_with_the_same_probabiliti
         OnnxModel(base, memory_budget=one // 2)
 
 
+def test_the_memory_budget_comes_from_the_users_environment(base: Path, tmp_path: Path,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """MEDCLASS_ONNX_MEMORY_MB raises the budget (the broadcast attack's 6 GiB then passes the plan: the user
+    said so) or refuses a value that is not a number of MiB, naming the variable."""
+    assert onnx_model.budget_bytes() == onnx_model.MEMORY_BUDGET
+    monkeypatch.setenv(onnx_model.BUDGET_VARIABLE, "8192")
+    assert onnx_model.budget_bytes() == 8 * 2**30
+    graph = onnx_model.read_graph(hostile("broadcast", base, tmp_path / "b.onnx"))
+    assert onnx_model.fit(graph, 1, 1, 16, onnx_model.budget_bytes()) == 1
+    for bad in ("lots", "nan", "0", "1e12"):
+        monkeypatch.setenv(onnx_model.BUDGET_VARIABLE, bad)
+        with pytest.raises(MedclassError, match="MEDCLASS_ONNX_MEMORY_MB=.* is not a number of MiB from 16"):
+            OnnxModel(base)
+
+
 def test_the_probe_runs_when_the_file_is_opened(base: Path, tmp_path: Path) -> None:
     """A graph that answers zeros correctly but not the fixed pattern is refused when opened, not on some later
     image: 1000 x mean(image²) is added to its output (0 for zeros, about 3000 for the pattern)."""
@@ -336,17 +351,19 @@ def test_the_allowlist_covers_what_medclass_exports_and_nothing_that_hides_a_cos
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(("name", "size"), [("resnet18", 32), ("tf_efficientnet_lite0", 32), ("resnet50", 32),
-                                            ("vgg16", 32), ("efficientnet_b0", 32), ("mobilenetv3_small_100", 32),
-                                            ("convnext_atto", 32), ("densenet121", 32), ("regnety_002", 32),
-                                            ("vit_tiny_patch16_224", 224)])
-def test_timm_backbones_export_within_the_allowlist(tmp_path: Path, name: str, size: int) -> None:
-    """The registered timm networks (random weights, offline) export to graphs inside EMITTED and open."""
+@pytest.mark.parametrize(("name", "size", "channels_last"), [
+    ("resnet18", 32, False), ("resnet18", 32, True), ("tf_efficientnet_lite0", 32, False), ("resnet50", 32, False),
+    ("vgg16", 32, False), ("vgg16", 32, True), ("efficientnet_b0", 32, False), ("mobilenetv3_small_100", 32, False),
+    ("convnext_atto", 32, False), ("densenet121", 32, False), ("regnety_002", 32, False),
+    ("vit_tiny_patch16_224", 224, False), ("swin_tiny_patch4_window7_224", 224, False)])
+def test_timm_backbones_export_within_the_allowlist(tmp_path: Path, name: str, size: int, channels_last: bool) -> None:
+    """The timm networks of the survey behind EMITTED (random weights, offline) export to graphs inside it, open,
+    and run; channels-last training changes some graphs (VGG's pooling becomes Range and Gather)."""
     from medclass.module import Classifier
 
     info = {"task": "multi-class", "class_names": ["a", "b", "c"], "in_chans": 3, "image_size": size,
             "mean": [0.5] * 3, "std": [0.25] * 3}
-    module = Classifier(net={"arch": "timm", "name": name}, data_info=info,
+    module = Classifier(net={"arch": "timm", "name": name}, data_info=info, channels_last=channels_last,
                         optimizer={"_target_": "torch.optim.Adam", "_partial_": True})
     path = export_onnx(module.eval(), tmp_path / "m.onnx")
     ops = {n.op_type for n in onnx.load(str(path)).graph.node}

@@ -117,7 +117,7 @@ class OnnxModel:
     The file is a stranger's data (`medclass.untrusted.onnx_model`): read once and checked (operators, tensors,
     no external data, static shapes within a memory and work budget) before onnxruntime gets the checked bytes;
     a probe batch must give probabilities when it is opened, and so must every batch after. A batch whose plan
-    does not fit `memory_budget` runs in smaller pieces."""
+    does not fit `memory_budget` (default: `MEDCLASS_ONNX_MEMORY_MB`, else 2 GiB) runs in smaller pieces."""
 
     def __init__(self, path: str | Path, memory_budget: int | None = None) -> None:
         from medclass.untrusted import onnx_model
@@ -126,7 +126,7 @@ class OnnxModel:
         if not path.exists():
             raise MedclassError(f"onnx_path={path} does not exist; export one with python export.py ckpt_path=<ckpt>")
         self.source = f"onnx_path={path}"
-        self.budget = memory_budget or onnx_model.MEMORY_BUDGET
+        self.budget = memory_budget or onnx_model.budget_bytes()
         self.graph = onnx_model.read_graph(path, "onnx_path=")
         self.meta: dict[str, Any] = read_meta(self.graph.metadata, f"{self.source} (metadata {META_KEY!r})")
         self.shape = (self.meta["in_chans"], self.meta["image_size"], self.meta["image_size"])

@@ -36,7 +36,8 @@ from the file alone, before anything is allocated:
   `Resize` allowed, every integer tensor comes from a constant or a `Shape`, never from the image,
   so "shape-building constants" are just values of the plan. From those shapes, the peak of the
   values alive at once (a liveness walk in the graph's topological order, plus each
-  convolution's im2col buffer) must fit `memory_budget` (default `MEMORY_BUDGET`, 2 GiB; a batch
+  convolution's im2col buffer) must fit the memory budget (`MEMORY_BUDGET`, 2 GiB, or
+  `MEDCLASS_ONNX_MEMORY_MB` from the user's environment: `budget_bytes`; a batch
   that does not fit is halved until it does, and a graph whose single image does not fit is
   refused); the arithmetic (multiply-adds of convolutions and matrix products, element counts of
   the rest) must stay within `WORK_PER_INPUT` per input value plus `WORK_BASE` per image (10^7
@@ -63,14 +64,15 @@ from typing import Any
 
 import numpy as np
 
-from medclass.untrusted.files import MiB, read_bytes
+from medclass.untrusted.files import MiB, printable, read_bytes
 from medclass.utils.errors import MedclassError
 
 GiB = 1024 * MiB
 MAX_FILE_BYTES = 1 * GiB
 MAX_META_BYTES = 16 * MiB  # 100,000 class names of ~150 bytes; parsed JSON costs ~30 bytes a value
 MAX_NODES = 100_000  # ViT-L is about 1,500 nodes
-MEMORY_BUDGET = 2 * GiB  # estimated peak of intermediate values for one batch
+MEMORY_BUDGET = 2 * GiB  # estimated peak of intermediate values for one batch; MEDCLASS_ONNX_MEMORY_MB changes it
+BUDGET_VARIABLE = "MEDCLASS_ONNX_MEMORY_MB"
 WORK_PER_INPUT = 10**7  # multiply-adds per input element (ResNet-50: ~27,000; ViT-B/16: ~120,000)
 WORK_BASE = 10**10  # plus per image: a head on a tiny input (VGG-16's 4096-wide MLP: ~1.2e8)
 KEEP_CONSTANT = 4096  # initializers up to this many elements stay in the shape plan (shape vectors)
@@ -541,6 +543,23 @@ def fit(checked: CheckedGraph, batch: int, in_chans: int, image_size: int, memor
                                f"{in_chans}x{image_size}x{image_size}, more than the {memory_budget / GiB:g} GiB "
                                "budget")
         size = max(1, size // 2)
+
+
+def budget_bytes() -> int:
+    """The memory budget of one ONNX batch in bytes: `MEDCLASS_ONNX_MEMORY_MB` (MiB, the user's own environment),
+    else `MEMORY_BUDGET`."""
+    raw = os.environ.get(BUDGET_VARIABLE, "").strip()
+    if not raw:
+        return MEMORY_BUDGET
+    try:
+        value = float(raw)
+    except ValueError:
+        value = float("nan")
+    if not 16 <= value <= 2**20:  # NaN fails too
+        raise MedclassError(f"{BUDGET_VARIABLE}={printable(raw, 40)} is not a number of MiB from 16 to "
+                            f"{2**20:,}; unset it for the default of {MEMORY_BUDGET // MiB} MiB per ONNX batch, or "
+                            f"raise it, e.g. {BUDGET_VARIABLE}=8192")
+    return int(value * MiB)
 
 
 def check_probabilities(out: Any, batch: int, classes: int, task: str, source: str) -> np.ndarray:
