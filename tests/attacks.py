@@ -278,7 +278,9 @@ def medmnist_download(base: dict[str, Any], folder: Path) -> Attack:
         return spare.is_dir()
 
     return Attack("a MedMNIST download into a folder the file names", _save(ckpt, folder / "model.ckpt"),
-                  r"pathmnist_224\.npz not found in: .*victim_dir/evil", [], forbidden=[folder / "victim_dir"],
+                  # an edited description carries no valid seal: its paths are not read at all (medclass.untrusted.seal)
+                  r"root=.*victim_dir/evil\) but was not written by medclass under this account", [],
+                  forbidden=[folder / "victim_dir"],
                   live=live, refused_by=("eval",))
 
 

@@ -120,6 +120,7 @@ def test_split_and_cache_folders_named_in_a_file_are_not_written(folder_ckpt: tu
     elsewhere = tmp_path / "elsewhere"
     ckpt["hyper_parameters"]["data_cfg"].update(split_dir=str(elsewhere / "splits"), cache_dir=str(elsewhere / "c"))
     torch.save(ckpt, tmp_path / "model.ckpt")
-    evaluate(compose_train([f"ckpt_path={tmp_path / 'model.ckpt'}", "bootstrap=0", "report=false"], tmp_path / "run",
-                           config_name="eval"))
+    # an edited file's paths are not read (no valid seal): the user names the data, as they would
+    evaluate(compose_train([f"ckpt_path={tmp_path / 'model.ckpt'}", f"data.root={root}", "bootstrap=0",
+                            "report=false"], tmp_path / "run", config_name="eval"))
     assert not elsewhere.exists() and any((tmp_path / "run" / "splits").glob("*.csv"))
