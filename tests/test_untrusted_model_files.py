@@ -493,6 +493,33 @@ def test_a_run_of_ours_resumes_from_a_checked_copy(mid_run: Path, tmp_path: Path
     assert str(metrics["run"]["best_checkpoint"]).startswith(str(run / "checkpoints"))
 
 
+def test_the_resume_copy_holds_only_the_numbers_it_needs(base: dict[str, Any], tmp_path: Path) -> None:
+    """An optimizer state tensor of the right shape that views a 512 MB storage (a hole on disk): torch.save writes
+    whole storages, so copying it as it is would write (and read) 512 MB; the copy holds the view's numbers."""
+    from medclass.module.checkpoint import build_classifier, check_resume
+    from medclass.module.hparams import validate
+
+    nbytes = 512 * 2**20
+    zeros = tmp_path / "zeros"
+    with open(zeros, "wb") as f:
+        f.truncate(nbytes)
+    big = torch.from_file(str(zeros), shared=False, size=nbytes // 4, dtype=torch.float32)
+    ckpt = copy.deepcopy(base)
+    first = ckpt["optimizer_states"][0]["state"][0]["exp_avg"]
+    ckpt["optimizer_states"][0]["state"][0]["exp_avg"] = big[: first.numel()].view_as(first)
+    torch.save(ckpt, tmp_path / "model.ckpt")
+    del big
+    zeros.unlink()
+    subprocess.run(["fallocate", "--dig-holes", str(tmp_path / "model.ckpt")], check=False)
+    assert os.path.getsize(tmp_path / "model.ckpt") > nbytes  # the storage is in the file
+    module = build_classifier(validate(base["hyper_parameters"], "x"))
+    module.read_from_file = False
+    written, _ = check_resume(tmp_path / "model.ckpt").prepare(module, [], tmp_path / "resume")
+    assert os.path.getsize(written) < nbytes / 16
+    saved = torch.load(written, map_location="cpu", weights_only=True)["optimizer_states"][0]["state"][0]["exp_avg"]
+    assert saved.shape == first.shape and not bool(saved.any())
+
+
 def test_resuming_a_one_cycle_run_for_more_epochs_is_one_line(base: dict[str, Any], mid_run: Path,
                                                               tmp_path: Path) -> None:
     """A schedule of 4 steps resumed into a 3-epoch run raised torch's ValueError mid-run ("Tried to step 5

@@ -457,6 +457,7 @@ class Resume:
                 continue  # a callback this run does not configure: Lightning would not restore it either
             kept[key] = self._checkpoint_paths(state, callback) if isinstance(callback, ModelCheckpoint) else state
         copy["callbacks"] = kept
+        copy = mf.compact(copy)  # no tensor drags a larger storage (sparse, gigabytes) into the copy
         name = self.path.stem + (f".rank{rank}" if rank else "") + ".ckpt"
         target = folder / name
         with atomic_open(target, "wb") as f:
