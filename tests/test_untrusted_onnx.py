@@ -47,6 +47,14 @@ def _mixed_in(model: object, term: str) -> None:
                              helper.make_node("Add", ["p0", "term_zero"], ["probabilities"])])
 
 
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while value >= 0x80:
+        out.append(value & 0x7F | 0x80)
+        value >>= 7
+    return bytes([*out, value])
+
+
 def _set_meta(model: object, meta_text: str) -> None:
     del model.metadata_props[:]
     helper.set_model_props(model, {"medclass": meta_text})
@@ -55,12 +63,18 @@ def _set_meta(model: object, meta_text: str) -> None:
 ATTACKS = ("loop", "constant_of_shape", "not_probabilities", "nan_output", "external_shadow", "external_parent",
            "huge_dims", "if_subgraph", "graph_attribute", "custom_domain", "local_function", "many_nodes",
            "huge_metadata", "nested_metadata", "int_output", "wrong_shape", "batch_power", "broadcast",
-           "matmul_chain", "unknowable_shape", "op_name_canary", "fixed_batch", "range_huge", "range_endless")
+           "matmul_chain", "unknowable_shape", "op_name_canary", "fixed_batch", "range_huge", "range_endless",
+           "parse_bomb")
 
 
 def hostile(kind: str, base: Path, out: Path) -> Path:
     """Write the attack `kind` (one of ATTACKS), built from `base` (a real 2-class, 1x16x16 medclass export), to
     `out`. Each is a file a stranger could send as `onnx_path=`."""
+    if kind == "parse_bomb":  # 5,000,000 empty nodes appended (protobuf merges a second graph field): 10 MB on disk,
+        # 0.75 GB once parsed, before any check on the parsed message could run
+        nodes = b"\x0a\x00" * 5_000_000
+        out.write_bytes(base.read_bytes() + b"\x3a" + _varint(len(nodes)) + nodes)
+        return out
     model = _opened(base)
     graph = model.graph
     if kind == "loop":  # 10^12 iterations of nothing: a hang
@@ -218,6 +232,7 @@ EXPECTED = {  # what each refusal says (a regular expression on the one line)
     "fixed_batch": r"not \(batch, 1, 16, 16\) with a dynamic batch",
     "range_huge": r"multiply-adds|GiB of memory for one image",
     "range_endless": r"has a Range with a step of 0",
+    "parse_bomb": r"is not a loadable ONNX model \(its structure would take more than 256 MiB beyond its own size",
 }
 
 
@@ -234,6 +249,26 @@ def test_each_hostile_graph_is_refused_in_one_line_before_it_runs(base: Path, tm
     assert CANARY not in rest and "/etc/" not in rest and "../" not in rest
     assert re.search(EXPECTED[kind], message), message
     assert time.perf_counter() - start < 20
+
+
+@pytest.mark.parametrize(("payload", "why"), [
+    (b"\x72\x00" * 2_000_000, "more than 256 MiB beyond its own size"),  # 2M empty metadata entries: 4 MB, 0.13 GB
+    (b"\x1b" * 10, "a protobuf group"), (b"\x3a\x80\x01" + b"\x0a\x00" * 3, "longer than the message")])
+def test_the_wire_format_is_bounded_before_parsing(tmp_path: Path, payload: bytes, why: str) -> None:
+    path = tmp_path / "wire.onnx"
+    path.write_bytes(payload)
+    with pytest.raises(MedclassError, match=f"onnx_path={path} is not a loadable ONNX model .*{why}"):
+        onnx_model.read_graph(path)
+
+
+def test_the_wire_scan_counts_every_field(tmp_path: Path) -> None:
+    """A graph of 2,000,001 empty input names (4 MB, 80 MB parsed): refused by the field count, not parsed."""
+    names = b"\x0a\x00" * (onnx_model.MAX_FIELDS + 1)
+    node = b"\x0a" + _varint(len(names)) + names
+    path = tmp_path / "names.onnx"
+    path.write_bytes(b"\x3a" + _varint(len(node)) + node)
+    with pytest.raises(MedclassError, match="more than 2,000,000 protobuf fields"):
+        onnx_model.read_graph(path)
 
 
 def test_a_shape_that_grows_faster_than_the_batch_is_seen_at_the_batch_that_runs(base: Path, tmp_path: Path) -> None:

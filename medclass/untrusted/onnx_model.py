@@ -11,6 +11,10 @@ from the file alone, before anything is allocated:
   once through `medclass.untrusted.files.read_bytes`; the session is built from the checked
   message itself, re-serialised without unknown fields, never from the path again (no
   time-of-check/time-of-use, no parser differences between this check and onnxruntime).
+- **before parsing**: the protobuf wire format is walked without building anything (`_scan`), with
+  onnx's own message descriptors: at most `MAX_FIELDS` fields, no groups, nesting at most 32 deep,
+  and an estimate of what parsing allocates within the file's size plus `PARSE_OVERHEAD`
+  (10 MB of empty nodes parse into 0.75 GB).
 - **the graph's structure**: one model graph, no local functions, no training info, no sparse
   tensors, no external data (an initializer that names a file is refused, whatever the path);
   operators from the default ONNX domain only, and only those in `OPERATORS`: what medclass's
@@ -166,11 +170,102 @@ class CheckedGraph:
         return plan
 
 
+# -- before the protobuf parser: what parsing would cost ------------------------------------------------------------
+MAX_FIELDS = 2_000_000  # protobuf fields in the whole file (ViT-L: ~40,000; tensors' data are one field each)
+PARSE_OVERHEAD = 256 * MiB  # parsed size beyond the file's own bytes: each message costs ~150 bytes parsed
+# parsed bytes per field, above what was measured with onnx's upb protobuf (149 a message, 40 a string, 64 a
+# string pair, 20 a packed varint byte)
+_MESSAGE_COST, _STRING_COST, _SCALAR_COST, _PACKED_VARINT_COST = 192, 48, 8, 24
+_VARINT_TYPES = ("TYPE_INT32", "TYPE_INT64", "TYPE_UINT32", "TYPE_UINT64", "TYPE_SINT32", "TYPE_SINT64", "TYPE_BOOL",
+                 "TYPE_ENUM")
+_LAYOUTS: dict[str, dict[int, tuple[str, Any]]] = {}
+
+
+def _layout(descriptor: Any) -> dict[int, tuple[str, Any]]:
+    """field number -> (kind, message descriptor) for one message type, from onnx's own descriptors."""
+    if descriptor.full_name not in _LAYOUTS:
+        layout: dict[int, tuple[str, Any]] = {}
+        for f in descriptor.fields:
+            if f.type == f.TYPE_MESSAGE:
+                layout[f.number] = ("message", f.message_type)
+            elif f.type in (f.TYPE_STRING, f.TYPE_BYTES):
+                layout[f.number] = ("bytes", None)
+            else:
+                layout[f.number] = ("varint" if f.type in {getattr(f, n) for n in _VARINT_TYPES} else "fixed", None)
+        _LAYOUTS[descriptor.full_name] = layout
+    return _LAYOUTS[descriptor.full_name]
+
+
+def _scan(data: bytes, source: str) -> None:
+    """Walk the protobuf wire format of a ModelProto without building it: count its fields and estimate what
+    parsing would allocate (a 2-byte empty message parses into ~150 bytes: 10 MB of empty nodes parse into 0.8 GB),
+    and refuse before parsing when either is beyond its bound. Groups and nesting deeper than 32 are refused."""
+    onnx = _onnx()
+    view = memoryview(data)
+    fields = 0
+    cost = 0
+
+    def refuse(why: str) -> UnsafeGraph:
+        return UnsafeGraph(f"{source} is not a loadable ONNX model ({why}); export one with python export.py "
+                           "ckpt_path=<ckpt>")
+
+    def varint(pos: int, end: int) -> tuple[int, int]:
+        result = shift = 0
+        while True:
+            if pos >= end or shift > 63:
+                raise refuse("a truncated or overlong varint")
+            byte = view[pos]
+            pos += 1
+            result |= (byte & 0x7F) << shift
+            if byte < 0x80:
+                return result, pos
+            shift += 7
+
+    def walk(pos: int, end: int, descriptor: Any, depth: int) -> None:
+        nonlocal fields, cost
+        if depth > 32:
+            raise refuse("messages nested deeper than 32")
+        layout = _layout(descriptor)
+        while pos < end:
+            tag, pos = varint(pos, end)
+            number, wire = tag >> 3, tag & 7
+            fields += 1
+            if fields > MAX_FIELDS:
+                raise refuse(f"more than {MAX_FIELDS:,} protobuf fields, far more than any network's graph")
+            kind, child = layout.get(number, ("unknown", None))
+            if wire == 0:
+                _, pos = varint(pos, end)
+                cost += _SCALAR_COST
+            elif wire == 1 or wire == 5:
+                pos += 8 if wire == 1 else 4
+                cost += _SCALAR_COST
+            elif wire == 2:
+                length, pos = varint(pos, end)
+                if pos + length > end:
+                    raise refuse("a field longer than the message that holds it")
+                if kind == "message":
+                    cost += _MESSAGE_COST
+                    walk(pos, pos + length, child, depth + 1)
+                else:  # a string, bytes, packed numbers (a 1-byte varint can take 8 bytes, 20 as parsed), unknown
+                    cost += _STRING_COST + length * (_PACKED_VARINT_COST if kind == "varint" else 1)
+                pos += length
+            else:
+                raise refuse("a protobuf group or an invalid wire type")
+            if cost > len(data) + PARSE_OVERHEAD:
+                raise refuse(f"its structure would take more than {PARSE_OVERHEAD / MiB:g} MiB beyond its own "
+                             "size to parse")
+        if pos != end:
+            raise refuse("a field longer than the message that holds it")
+
+    walk(0, len(data), onnx.ModelProto.DESCRIPTOR, 0)
+
+
 def read_graph(path: str | Path, what: str = "onnx_path=", max_bytes: int = MAX_FILE_BYTES) -> CheckedGraph:
     """`path` read once, parsed and checked for structure (see the module docstring); nothing is run."""
     onnx = _onnx()
     source = f"{what}{path}"
     data = read_bytes(path, "ONNX file", max_bytes)
+    _scan(data, source)
     model = onnx.ModelProto()
     try:
         model.ParseFromString(data)
