@@ -113,3 +113,12 @@ def test_pipes_devices_and_broken_links_are_listed_as_skipped_never_silently_dro
                                                                                            "gone.png"))
     scan = scan_folder(root)
     assert len(scan.files) == 6 and {p.name for p, _ in scan.skipped} == {"fifo.png", "zero.png", "gone.png"}
+
+
+def test_a_system_folder_is_no_data_root() -> None:
+    """`data.root=/proc` (typed or from a file) is one line, not a walk of files that never end."""
+    from medclass.data.scan import scan_folder
+    from medclass.utils.errors import MedclassError
+
+    with pytest.raises(MedclassError, match="system folder"):
+        scan_folder(Path("/proc"))

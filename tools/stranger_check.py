@@ -173,7 +173,7 @@ def a_resume_delete(ctx: Ctx) -> Case:
 def weights(name: str, edit: Callable[[dict[str, torch.Tensor]], None], script: str = "predict.py"
             ) -> Callable[[Ctx], Case]:
     def build(ctx: Ctx) -> Case:
-        f = ctx.folder(name.split(":")[0].replace(" ", "-"))
+        f = ctx.folder("".join(c if c.isalnum() else "-" for c in name))
         ckpt = edited(ctx, f, lambda c: edit(c["state_dict"]))
         extra = [f"inputs={ctx.root}"] if script == "predict.py" else []
         return Case(name, script, [f"ckpt_path={ckpt}", *extra], out=f / "out")

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from medclass.data.decode import is_image_name
+from medclass.untrusted.files import system_path
 from medclass.utils.errors import MedclassError
 
 SYSTEM_FILES = frozenset({"thumbs.db", "desktop.ini", ".ds_store"})
@@ -49,6 +50,9 @@ def scan_folder(root: Path, what: str = "data.root") -> Scan:
     """Images under `root/<class>/**`, in sorted order; duplicates within a class kept once."""
     if not root.is_dir():
         raise MedclassError(f"{what}={root} is not a folder; point it at a folder with one sub-folder per class")
+    if system_path(root):  # /proc, /sys, /dev: files that never end, report size 0, or hold the environment
+        raise MedclassError(f"{what}={root} is a system folder, not data; point it at a folder with one sub-folder "
+                            "per class")
     scan = Scan()
     classes = sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
     if len(classes) < 2:
