@@ -10,6 +10,7 @@ each returns an `Attack` (tests/attacks.py) with the file to pass, the victims a
 from __future__ import annotations
 
 import copy
+import json
 import os
 import re
 import subprocess
@@ -568,3 +569,74 @@ def test_an_operating_file_that_is_not_a_regular_file_is_refused(tmp_path: Path)
     os.mkfifo(tmp_path / "model.operating.json")  # a reader that opened it would wait for a writer for ever
     with pytest.raises(MedclassError, match="is not a regular file"):
         operating_file.load(tmp_path / "model.ckpt")
+
+
+def _rezip(src: Path, dst: Path, deflate: str = "", extra: str = "") -> Path:
+    import zipfile
+
+    with zipfile.ZipFile(src) as zin, zipfile.ZipFile(dst, "w") as zout:
+        for info in zin.infolist():
+            method = zipfile.ZIP_DEFLATED if deflate and info.filename.endswith(deflate) else zipfile.ZIP_STORED
+            zout.writestr(info.filename, zin.read(info.filename), compress_type=method)
+        if extra:
+            zout.writestr(extra, b"echo hi")
+    return dst
+
+
+def _nested(depth: int) -> list[Any]:
+    tree: list[Any] = [0] * 10
+    for _ in range(depth):
+        tree = [tree, tree]  # one list referenced twice a level: 2**depth leaves from a few bytes of pickle
+    return tree
+
+
+@pytest.mark.parametrize("case", ["compressed_pickle", "extra_record", "fifo", "environ_link", "huge_header",
+                                  "cycle", "shared_bomb", "sparse_weight"])
+def test_a_file_torch_save_did_not_write_is_refused_from_its_index(base: dict[str, Any], mid_run: Path,
+                                                                   tmp_path: Path, case: str) -> None:
+    """Red team beyond the issue's list: archives and trees of other shapes, each one line in well under a second,
+    nothing read or waited for."""
+    import struct
+    import time
+
+    from medclass.module.checkpoint import check_resume, load_classifier
+    from medclass.utils.errors import MedclassError
+
+    source = mid_run / "checkpoints" / "best-epoch000.ckpt"
+    path, reader, message = tmp_path / "model.ckpt", load_classifier, ""
+    if case == "compressed_pickle":
+        _rezip(source, path, deflate="data.pkl")
+        message = r"record archive/data\.pkl is compressed"
+    elif case == "extra_record":
+        _rezip(source, path, extra="archive/run.sh")
+        message = r"holds a record torch\.save does not write \(archive/run\.sh\)"
+    elif case == "fifo":
+        os.mkfifo(path)
+        message = "is not a regular file"
+    elif case == "environ_link":
+        path.symlink_to("/proc/self/environ")
+        message = "is not a regular file"
+    elif case == "huge_header":
+        path = tmp_path / "model.safetensors"
+        path.write_bytes(struct.pack("<Q", 10**10) + b"{}")
+        (tmp_path / "model.json").write_text(json.dumps({"format": "medclass-model", "version": 1,
+                                                          "hyper_parameters": base["hyper_parameters"]}))
+        message = "does not start with a safetensors header of at most 32 MiB"
+    elif case in ("cycle", "shared_bomb"):
+        ckpt = copy.deepcopy(base)
+        loop: list[Any] = []
+        loop.append(loop)
+        ckpt["lr_schedulers"][0]["_last_lr"] = loop if case == "cycle" else _nested(40)
+        _save(ckpt, path)
+        reader, message = check_resume, r"lr_schedulers\[0\]\._last_lr.*nested deeper than 32 levels"
+    else:
+        ckpt = copy.deepcopy(base)
+        key = _first_conv(ckpt["state_dict"])
+        ckpt["state_dict"][key] = ckpt["state_dict"][key].to_sparse()
+        _save(ckpt, path)
+        message = r"is a torch\.sparse_coo tensor; expected a plain dense one"
+    start = time.perf_counter()
+    with pytest.raises(MedclassError) as raised:
+        reader(path)
+    assert re.search(message, one_line(raised.value)), raised.value
+    assert "PATH=" not in str(raised.value) and time.perf_counter() - start < 5  # nothing of environ shown
