@@ -200,11 +200,14 @@ def hostile(kind: str, base: Path, out: Path) -> Path:
     return out
 
 
+def base_export(folder: Path) -> Path:
+    """A real export of a tiny 2-class CNN (1 channel, 16 px), as export.py writes it: what `hostile` starts from."""
+    return export_onnx(tiny_classifier("multi-class", ["a", "b"]), folder / "base.onnx")
+
+
 @pytest.fixture(scope="module")
 def base(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A real export of a tiny 2-class CNN (1 channel, 16 px), as export.py writes it."""
-    tmp = tmp_path_factory.mktemp("onnx_base")
-    return export_onnx(tiny_classifier("multi-class", ["a", "b"]), tmp / "base.onnx")
+    return base_export(tmp_path_factory.mktemp("onnx_base"))
 
 
 EXPECTED = {  # what each refusal says (a regular expression on the one line)
