@@ -80,9 +80,11 @@ def test_eval_takes_a_safetensors_export(blood_run: Path, tmp_path: Path) -> Non
 
     run_export(compose_train([f"ckpt_path={ckpt}", "format=safetensors", f"output={tmp_path / 'm.safetensors'}"],
                              tmp_path / "x", config_name="export"))
-    results = [evaluate(compose_train([f"ckpt_path={path}", "bootstrap=0", "report=false"], tmp_path / name,
+    # an export carries no seal (medclass.untrusted.seal): its data paths are named by the user, as for any shared file
+    root = torch.load(ckpt, map_location="cpu", weights_only=True)["hyper_parameters"]["data_cfg"]["root"]
+    results = [evaluate(compose_train([f"ckpt_path={path}", *extra, "bootstrap=0", "report=false"], tmp_path / name,
                                       config_name="eval"))["test"]
-               for name, path in (("a", ckpt), ("b", tmp_path / "m.safetensors"))]
+               for name, path, extra in (("a", ckpt, []), ("b", tmp_path / "m.safetensors", [f"data.root={root}"]))]
     assert results[0] == results[1]
     (tmp_path / "m.json").write_text((tmp_path / "m.json").read_text().replace('"arch": "cnn"', '"arch": "evil"'))
     with pytest.raises(MedclassError, match=r"m.json: net.arch='evil' is not a registered network"):
