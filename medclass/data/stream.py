@@ -511,14 +511,12 @@ def check_chunk(path: str, chunk: Chunk, layout: ItemLayout, rows: np.ndarray, l
         raise ChunkRefused(str(err)) from None
     if info.st_size != chunk.nbytes:
         raise ChunkRefused(f"{path} is {info.st_size} bytes but {where} gives {chunk.nbytes}; {ADVICE}")
-    flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
     try:
-        fd = os.open(path, flags)
-    except OSError as err:
-        raise ChunkRefused(f"{path} cannot be read ({err.strerror or type(err).__name__})") from None
+        fd, opened = files.open_regular(path, "a chunk of a prepared data set", follow_links=False)
+    except files.Refused as err:
+        raise ChunkRefused(str(err)) from None
     try:
-        opened = os.fstat(fd)
-        if (not stat.S_ISREG(opened.st_mode) or (opened.st_dev, opened.st_ino) != (info.st_dev, info.st_ino)
+        if ((opened.st_dev, opened.st_ino) != (info.st_dev, info.st_ino)
                 or opened.st_size != chunk.nbytes):
             raise ChunkRefused(f"{path} was replaced while being checked")
         with mmap.mmap(fd, 0, access=mmap.ACCESS_READ) as view:

@@ -45,7 +45,7 @@ from typing import Any
 
 import yaml
 
-from medclass.untrusted.files import MiB, Refused, check_regular, read_bytes, read_json, system_path
+from medclass.untrusted.files import MiB, Refused, open_regular, read_bytes, read_json, system_path
 from medclass.utils.errors import MedclassError
 from medclass.utils.io import read_cell, write_text
 
@@ -204,16 +204,8 @@ def sha256(path: Path, chunk: int = 2**20) -> str:
     """The file's SHA-256, read in 1 MB pieces (a checkpoint may be gigabytes: streamed, never held). The file is
     opened as `medclass.untrusted.files.read_bytes` opens one (no link followed, no wait on a pipe) and must be a
     regular file outside `/proc`; it is read up to the size it had when opened, so a growing file is refused."""
-    check_regular(path, "checkpoint", follow_links=False)
-    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+    fd, info = open_regular(path, "checkpoint", follow_links=False)
     try:
-        fd = os.open(path, flags)
-    except OSError as err:
-        raise Refused(f"checkpoint {path} cannot be read ({err.strerror or type(err).__name__})") from None
-    try:
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode):
-            raise Refused(f"checkpoint {path} is not a regular file")
         digest, left = hashlib.sha256(), info.st_size
         while block := os.read(fd, min(chunk, left + 1)):
             left -= len(block)

@@ -51,8 +51,11 @@ def check_regular(path: str | Path, what: str, follow_links: bool = True) -> os.
     return info
 
 
-def read_bytes(path: str | Path, what: str, max_bytes: int, follow_links: bool = True) -> bytes:
-    """The bytes of a regular file of at most `max_bytes`; anything else is one `Refused` line naming `what`."""
+def open_regular(path: str | Path, what: str, follow_links: bool = True) -> tuple[int, os.stat_result]:
+    """An open descriptor on `path` and its `fstat`, when it is a regular file outside the system folders; else
+    `Refused` naming `what`. Opened without blocking (a FIFO would wait for a writer for ever) and, with
+    `follow_links=False`, without following a link; the kind is checked on the descriptor, so the file cannot be
+    swapped between check and read. The caller closes the descriptor."""
     flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
     if not follow_links:
         flags |= getattr(os, "O_NOFOLLOW", 0)
@@ -67,19 +70,29 @@ def read_bytes(path: str | Path, what: str, max_bytes: int, follow_links: bool =
         info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode) or system_path(path):
             raise Refused(f"{what} {path} is not a regular file (a device, pipe, folder or system file)")
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd, info
+
+
+def read_bytes(path: str | Path, what: str, max_bytes: int, follow_links: bool = True) -> bytes:
+    """The bytes of a regular file of at most `max_bytes`; anything else is one `Refused` line naming `what`.
+    The file is read in one call sized from its `fstat` (one copy in memory, not chunks and their join), with
+    one byte more to see a file that grew while being read, which is refused rather than truncated."""
+    fd, info = open_regular(path, what, follow_links)
+    try:
         if info.st_size > max_bytes:
             raise Refused(f"{what} {path} is {info.st_size / MiB:.1f} MiB, more than the {max_bytes / MiB:g} MiB "
                           "this reader takes")
-        chunks, held = [], 0
-        while True:
-            chunk = os.read(fd, min(1 << 20, max_bytes + 1 - held))
-            if not chunk:
-                break
-            chunks.append(chunk)
-            held += len(chunk)
-            if held > max_bytes:
-                raise Refused(f"{what} {path} grew past {max_bytes / MiB:g} MiB while being read")
-        return b"".join(chunks)
+        chunks = [os.read(fd, info.st_size + 1)]
+        held = len(chunks[0])
+        while held <= info.st_size and (more := os.read(fd, info.st_size + 1 - held)):
+            chunks.append(more)  # a short read (Linux reads at most 2 GiB a call), or a file that grew
+            held += len(more)
+        if held > info.st_size:
+            raise Refused(f"{what} {path} grew while being read")
+        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
     finally:
         os.close(fd)
 

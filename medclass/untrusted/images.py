@@ -35,7 +35,6 @@ import logging
 import math
 import os
 import re
-import stat
 import warnings
 import zlib
 from collections.abc import Callable, Iterator
@@ -45,7 +44,7 @@ from typing import IO, Any
 import numpy as np
 from PIL import Image, ImageMode
 
-from medclass.untrusted.files import Refused, printable, system_path
+from medclass.untrusted.files import Refused, open_regular, printable
 from medclass.utils.extras import MissingExtra, require
 
 MiB = 2**20
@@ -122,14 +121,8 @@ def check_budget(path: Path, declared: str, need: int, budget: int) -> None:
 def open_image_file(path: str | Path) -> IO[bytes]:
     """The file at `path` opened for reading when it is a regular file outside `/proc`, `/sys` and `/dev` (a FIFO
     would block, `/dev/zero` never ends); checked on the open descriptor, so it cannot be swapped in between."""
-    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
+    fd, _ = open_regular(path, "image")
     try:
-        fd = os.open(path, flags)
-    except OSError as err:
-        raise Refused(f"image {path} cannot be read ({err.strerror or type(err).__name__})") from None
-    try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode) or system_path(path):
-            raise Refused(f"image {path} is not a regular file (a device, pipe, folder or system file)")
         return os.fdopen(fd, "rb")
     except BaseException:
         os.close(fd)

@@ -23,7 +23,6 @@ from __future__ import annotations
 import math
 import os
 import re
-import stat
 import struct
 import zipfile
 from collections.abc import Callable, Iterator, Mapping
@@ -33,7 +32,7 @@ from typing import Any
 
 import torch
 
-from medclass.untrusted.files import MiB, Refused, check_regular, printable
+from medclass.untrusted.files import MiB, Refused, check_regular, open_regular, printable
 
 MAX_PICKLE_BYTES = 32 * MiB  # a checkpoint's pickle (description, names, optimizer layout): ~1 MB for a ViT-L
 MAX_RECORDS = 200_000  # zip entries: one per storage
@@ -140,11 +139,8 @@ def safetensors_index(path: str | Path, what: str = "model file") -> dict[str, T
     from safetensors import SafetensorError, safe_open
 
     path = Path(path)
-    check_regular(path, what)
-    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
+    fd, _ = open_regular(path, what)
     try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise Refused(f"{what} {path} is not a regular file")
         head = os.read(fd, 8)
     finally:
         os.close(fd)
