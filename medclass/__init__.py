@@ -11,6 +11,7 @@ Where things are (each config group in `conf/` has the package of the same name)
     logger/       conf/logger    MLflow / W&B / TensorBoard extras: flat config, run files
     eval/                        eval's report: metrics, bootstrap intervals, operating points, calibration, Grad-CAM
     tasks/                       one module per command (train, evaluate, predict, export, gather), `commands` = CLI
+    untrusted/                   the boundary for files medclass did not write: bounded, typed, one-line errors
     utils/                       errors, command-line checks, DDP under Hydra, file writes, optional extras
 
 A new dataset goes in data/ (+ conf/data/<name>.yaml), a network in model/ (+ conf/model/), a callback

@@ -497,8 +497,9 @@ def test_a_run_of_ours_resumes_from_a_checked_copy(mid_run: Path, tmp_path: Path
 def test_the_resume_copy_holds_only_the_numbers_it_needs(base: dict[str, Any], tmp_path: Path) -> None:
     """An optimizer state tensor of the right shape that views a 512 MB storage (a hole on disk): torch.save writes
     whole storages, so copying it as it is would write (and read) 512 MB; the copy holds the view's numbers."""
-    from medclass.module.checkpoint import build_classifier, check_resume
+    from medclass.module.checkpoint import build_classifier
     from medclass.module.hparams import validate
+    from medclass.module.resume import check_resume
 
     nbytes = 512 * 2**20
     zeros = tmp_path / "zeros"
@@ -599,7 +600,8 @@ def test_a_file_torch_save_did_not_write_is_refused_from_its_index(base: dict[st
     import struct
     import time
 
-    from medclass.module.checkpoint import check_resume, load_classifier
+    from medclass.module.checkpoint import load_classifier
+    from medclass.module.resume import check_resume
     from medclass.utils.errors import MedclassError
 
     source = mid_run / "checkpoints" / "best-epoch000.ckpt"
