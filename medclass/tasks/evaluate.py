@@ -52,15 +52,14 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
 def rebuild_data(module: Classifier, cfg: DictConfig) -> ClassificationDataModule:
     """The checkpoint's data description (checked, never instantiated) with the command line's `data.*` on top;
     split and cache files go to this machine's folders, never to a place the file names."""
-    from medclass.untrusted.seal import model_file_sealed
-
     described = module.hparams.get("data_cfg")
     if not described:
         raise MedclassError(f"{cfg.ckpt_path} records no data to evaluate on (it was trained outside train.py); "
                             "score it from Python with Trainer.test, or retrain with train.py")
     overrides = {k: v for k, v in plain(cfg.get("data") or {}).items() if v is not None}
     machine = {k: overrides.pop(k) for k in data_registry.MACHINE_KEYS if k in overrides}
-    check_named_paths(described, overrides, model_file_sealed(cfg.ckpt_path), cfg)
+    sealed = bool(getattr(getattr(module, "model_file", None), "sealed", False))  # read with the file, once
+    check_named_paths(described, overrides, sealed, cfg)
     description = data_registry.describe({**data_registry.from_file(described), **overrides}, "data")
     info = module.hparams.data_info
     machine.update(augment=None, mean=info["mean"], std=info["std"], in_chans=info["in_chans"])

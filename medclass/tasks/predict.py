@@ -19,9 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import csv
 import glob
-import io
 import itertools
 import json
 import logging
@@ -46,7 +44,7 @@ from medclass.module.tta import tta_views
 from medclass.untrusted.tables import read_table
 from medclass.utils.errors import MedclassError
 from medclass.utils.extras import MissingExtra
-from medclass.utils.io import atomic_open, safe_cell, write_csv
+from medclass.utils.io import atomic_open, csv_line, write_csv
 
 log = logging.getLogger("medclass")
 Skipped = tuple[Path, str]
@@ -505,8 +503,6 @@ class PredictionWriter:
         self.out, self.head = out, {**source, "task": meta["task"], "class_names": self.names}
         self.count = 0
         self._keys: list[str] | None = None  # each class name as a JSON key, made once
-        self._buffer = io.StringIO()
-        self._row = csv.writer(self._buffer)
 
     def __enter__(self) -> PredictionWriter:
         self.out.mkdir(parents=True, exist_ok=True)
@@ -525,10 +521,7 @@ class PredictionWriter:
         """`cells` as they sit inside a CSV line (formula-safe, quoted where needed), without the line end."""
         if len(cells) == 1 and cells[0] == "":
             return ""  # the csv module writes a lone empty cell as "" (a row that is not blank)
-        self._buffer.seek(0)
-        self._buffer.truncate()
-        self._row.writerow([safe_cell(c) for c in cells])
-        return self._buffer.getvalue()[: -len(self._row.dialect.lineterminator)]
+        return csv_line(cells)
 
     def write(self, record: dict[str, Any]) -> None:
         """One record: a CSV row and one line of the JSON list. The per-class numbers are joined as text in one

@@ -26,6 +26,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from medclass.utils.io import create_new
+
 log = logging.getLogger("medclass")
 KEY_BYTES = 32
 PATH_KEYS = ("root", "test_root", "manifest", "input_dir")  # what a data description names on disk
@@ -37,7 +39,7 @@ def key_file() -> Path:
 
 
 def _key(create: bool) -> bytes | None:
-    """This account's key; made (O_EXCL, 0600) when `create` and missing; None when it cannot be had."""
+    """This account's key; made (0600, never replacing one) when `create` and missing; None when it cannot be had."""
     path = key_file()
     with contextlib.suppress(OSError):
         data = path.read_bytes()
@@ -46,12 +48,7 @@ def _key(create: bool) -> bytes | None:
     if not create:
         return None
     try:
-        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o600)
-        with os.fdopen(fd, "wb") as f:
-            f.write(secrets.token_bytes(KEY_BYTES))
-    except FileExistsError:
-        pass  # another process made it first: read theirs
+        create_new(path, secrets.token_bytes(KEY_BYTES))  # never replaces a key another process made first
     except OSError as err:
         log.warning("cannot keep a seal key at %s (%s): checkpoints from this run will need data.root= (or "
                     "data.manifest=) to be evaluated; set MEDCLASS_HOME to a writable folder", path, err.strerror)
@@ -86,22 +83,3 @@ def named_paths(description: Mapping[str, Any]) -> dict[str, str]:
     """The paths a data description names (root, test_root, manifest, input_dir), when set."""
     return {k: str(description[k]) for k in PATH_KEYS if description.get(k)}
 
-
-def model_file_sealed(path: str | Path) -> bool:
-    """Whether the model file at `path` (a `.ckpt`, or a `.safetensors` export with its `.json`) carries this
-    account's seal of the data description it holds; read after the file passed its own checks."""
-    path = Path(path)
-    try:
-        if path.suffix == ".safetensors":
-            from medclass.untrusted.files import read_json
-
-            meta = read_json(path.with_suffix(".json"), "model description", 16 * 2**20)
-            described, tag = meta.get("hyper_parameters", {}).get("data_cfg"), meta.get("seal")
-        else:
-            import torch
-
-            ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-            described, tag = ckpt.get("hyper_parameters", {}).get("data_cfg"), ckpt.get("medclass_seal")
-    except Exception:  # the readers that ran before have named any fault; an unreadable seal is no seal
-        return False
-    return verify(described, tag)

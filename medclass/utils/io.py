@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import io
 import json
 import os
 import re
@@ -90,6 +91,35 @@ def safe_cell(value: Any) -> Any:
 def read_cell(value: str) -> str:
     """The text `safe_cell` was given, from a cell of a CSV medclass wrote (split files read back)."""
     return value[1:] if value.startswith("'") else value
+
+
+def csv_line(cells: Sequence[Any]) -> str:
+    """One CSV row as text, without its line end, every cell through `safe_cell`: for writers that stream rows
+    into an `atomic_open` file themselves (predict.py writes one row per image)."""
+    buffer = io.StringIO()
+    csv.writer(buffer, lineterminator="").writerow([safe_cell(c) for c in cells])
+    return buffer.getvalue()
+
+
+def create_new(path: str | Path, data: bytes, mode: int = 0o600) -> bool:
+    """Write `path` whole with `mode` only if nothing is there yet (a link included): the file is made under a
+    temporary name and hard-linked into place, which fails rather than replace. True when this call made it,
+    False when another process was first (its file is kept). For a key that must never be replaced."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.chmod(tmp, mode)
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            return False
+        return True
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
 
 
 def write_csv(path: str | Path, rows: Iterable[dict[str, Any]] | Iterable[Sequence[Any]],
