@@ -135,22 +135,23 @@ def _field_accepts(spec: s.Spec, key: Any, value: Any) -> bool | None:
     return _all((accepts(s.Spec("text", max_len=100), key), accepts(spec.extra, value)))
 
 
-def _all(answers: Any) -> bool | None:
+def _decide(answers: Any, decisive: bool) -> bool | None:
+    """Three-valued and/or: `decisive` as soon as one answer is it, None when any answer is unknown, else the
+    other value (`_decide(a, False)` is all, `_decide(a, True)` any)."""
     unknown = False
     for answer in answers:
-        if answer is False:
-            return False
+        if answer is decisive:
+            return decisive
         unknown |= answer is None
-    return None if unknown else True
+    return None if unknown else not decisive
+
+
+def _all(answers: Any) -> bool | None:
+    return _decide(answers, False)
 
 
 def _any(answers: Any) -> bool | None:
-    unknown = False
-    for answer in answers:
-        if answer is True:
-            return True
-        unknown |= answer is None
-    return None if unknown else False
+    return _decide(answers, True)
 
 
 # -- a valid value for a Spec ----------------------------------------------------------------------------------
