@@ -122,3 +122,22 @@ def test_a_system_folder_is_no_data_root() -> None:
 
     with pytest.raises(MedclassError, match="system folder"):
         scan_folder(Path("/proc"))
+
+
+def test_a_hospital_table_over_the_cell_budget_can_be_read_by_raising_it(tmp_path: Path,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """The manifest cell bound guards memory, not correctness: a larger legitimate table is read once the user
+    raises MEDCLASS_MAX_TABLE_CELLS, and the refusal names that variable."""
+    from medclass.untrusted import tables
+    from medclass.utils.errors import MedclassError
+
+    path = tmp_path / "labels.csv"
+    path.write_text("path,label,site,age\n" + "".join(f"img{i}.png,a,s{i % 3},{i % 90}\n" for i in range(500)))
+    monkeypatch.setenv("MEDCLASS_MAX_TABLE_CELLS", "1000")
+    with pytest.raises(Refused, match="set MEDCLASS_MAX_TABLE_CELLS"):
+        tables.read_table(path, "data.manifest")
+    monkeypatch.setenv("MEDCLASS_MAX_TABLE_CELLS", "2004")
+    assert len(tables.read_table(path, "data.manifest").rows) == 500
+    monkeypatch.setenv("MEDCLASS_MAX_TABLE_CELLS", "2e6")
+    with pytest.raises(MedclassError, match="MEDCLASS_MAX_TABLE_CELLS=2e6: expected a whole number"):
+        tables.read_table(path, "data.manifest")

@@ -26,12 +26,14 @@ import codecs
 import csv
 import functools
 import io
+import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from medclass.untrusted.files import MiB, Refused, read_bytes
+from medclass.untrusted.files import MiB, Refused, printable, read_bytes
 from medclass.utils import schema as s
+from medclass.utils.errors import MedclassError
 
 MAX_BYTES = 256 * MiB
 MAX_COLUMNS = 1_000
@@ -105,13 +107,29 @@ def _lines(data: bytes, max_line: int) -> Iterator[str]:
     return map(decode, iter(functools.partial(io.BytesIO(data).readline, max_line + 2), b""))
 
 
+CELLS_VARIABLE = "MEDCLASS_MAX_TABLE_CELLS"
+
+
+def cell_budget() -> int:
+    """The cells a table may hold: MAX_CELLS, or `MEDCLASS_MAX_TABLE_CELLS` for a hospital table that is larger
+    (a whole number; anything else is one line naming the variable)."""
+    raw = os.environ.get(CELLS_VARIABLE)
+    if raw is None or not raw.strip():
+        return MAX_CELLS
+    if not raw.strip().isascii() or not raw.strip().isdigit() or not 1 <= int(raw) <= 10**10:
+        raise MedclassError(f"{CELLS_VARIABLE}={printable(raw, 40)}: expected a whole number of cells from 1 to "
+                            f"10,000,000,000 (default {MAX_CELLS:,})")
+    return int(raw)
+
+
 def read_table(path: str | Path, what: str, required: Sequence[str] = (), *, max_bytes: int = MAX_BYTES,
                max_columns: int = MAX_COLUMNS, max_line: int = MAX_LINE, max_field: int = MAX_FIELD,
-               max_cells: int = MAX_CELLS, follow_links: bool = True, hint: str = "") -> Table:
+               max_cells: int | None = None, follow_links: bool = True, hint: str = "") -> Table:
     """The header and rows of a UTF-8 CSV (a BOM is dropped, blank rows are skipped), each bound checked as it is
     met; `required` columns must be in the header. `what` names the file in every error line ("data.manifest");
     `hint` ends the missing-column line (what the file should hold)."""
     path = Path(path)
+    max_cells = cell_budget() if max_cells is None else max_cells
     data = read_bytes(path, what, max_bytes, follow_links)
     if data.startswith(codecs.BOM_UTF8):
         data = data[len(codecs.BOM_UTF8):]
@@ -159,7 +177,8 @@ def read_table(path: str | Path, what: str, required: Sequence[str] = (), *, max
             fields = fields[:len(header)]
         cells += len(fields)
         if cells > max_cells:
-            raise Refused(f"{what} {path} holds more than {max_cells:,} cells (at line {line}); split the table")
+            raise Refused(f"{what} {path} holds more than {max_cells:,} cells (at line {line}); split the table, or "
+                          f"on a machine with the memory (about 80 bytes a cell) set {CELLS_VARIABLE}")
         rows.append(Row(line, tuple(fields)))
     if header is None:
         raise Refused(f"{what} {path} is empty: no header line{'; ' + hint if hint else ''}")
