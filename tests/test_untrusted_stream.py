@@ -22,13 +22,8 @@ import numpy as np
 import pytest
 
 from medclass.data import StreamDataModule
-from medclass.data.stream import (
-    META,
-    META_PARSE_BUDGET,
-    ItemLayout,
-    parse_cost,
-    prepare,
-)
+from medclass.data.chunks import META, ItemLayout
+from medclass.data.stream import META_PARSE_BUDGET, parse_cost, prepare
 from medclass.utils.errors import MedclassError
 
 from .conftest import FAST, grey, run_script, save

@@ -39,8 +39,8 @@ from litdata.streaming.downloader import get_downloader
 from litdata.streaming.item_loader import PyTreeLoader
 from litdata.utilities.env import _DistributedEnv
 
+from medclass.data.chunks import Chunk, ChunkRefused, ItemLayout, check_chunk, identity
 from medclass.data.decode import decode_resized, to_channels
-from medclass.data.stream import Chunk, ChunkRefused, ItemLayout, check_chunk, identity
 from medclass.untrusted.files import printable
 from medclass.utils.errors import MedclassError
 
@@ -125,7 +125,7 @@ class ToSample:
 
 
 class ChunkGuard(PyTreeLoader):
-    """LitData's item loader, with each chunk checked whole (`stream.check_chunk`) before LitData reads from it.
+    """LitData's item loader, with each chunk checked whole (`chunks.check_chunk`) before LitData reads from it.
 
     LitData opens a chunk file when it reads the chunk's first item, and again after closing it; each time, the
     file is checked first (or, when its identity is unchanged since the last check, only `lstat`-ed). From object
