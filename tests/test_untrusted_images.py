@@ -434,6 +434,7 @@ def test_a_wrong_budget_is_one_line_naming_the_variable(value: str, monkeypatch:
     assert budget_bytes() == 1024 * MiB
 
 
+@pytest.mark.slow  # the same refusals are checked through the readers above; this is the command line end to end
 def test_predict_lists_refused_images_and_stops_on_a_wrong_budget(blood_run: Path, tmp_path: Path) -> None:
     """Through predict.py: the hostile files land in skipped.csv with the budget and the variable, the good image
     is predicted, exit 0; a wrong MEDCLASS_MAX_IMAGE_MB is one `error:` line, exit 2, no traceback."""

@@ -344,6 +344,7 @@ def test_weights_that_cannot_give_numbers_are_refused_in_one_line(base: dict[str
     assert re.search(attack.expect, one_line(raised.value)), raised.value
 
 
+@pytest.mark.slow  # the reader refuses each kind above; tests/test_untrusted_predict.py runs one on the command line
 def test_the_command_line_refuses_non_finite_weights_before_writing_predictions(base: dict[str, Any],
                                                                                  tmp_path: Path) -> None:
     """The issue's run: predict.py on weights that overflow wrote `nan` probabilities and exited 0."""

@@ -410,7 +410,7 @@ def test_timm_backbones_export_within_the_allowlist(tmp_path: Path, name: str, s
     assert OnnxModel(path)(np.zeros((2, 3, size, size), np.float32)).shape == (2, 3)
 
 
-@pytest.mark.parametrize("kind", ["loop", "not_probabilities"])
+@pytest.mark.parametrize("kind", ["loop", pytest.param("not_probabilities", marks=pytest.mark.slow)])
 def test_predict_on_a_hostile_file_is_one_error_line(base: Path, tmp_path: Path, kind: str) -> None:
     """Through the command line: exit 2, one `error:` line naming the file, no traceback, in seconds."""
     path = hostile(kind, base, tmp_path / f"{kind}.onnx")
