@@ -17,7 +17,7 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 from torch.utils.data import DataLoader, TensorDataset
 
-from medclass.module.checkpoint import load_classifier, read_hparams
+from medclass.module.checkpoint import load_classifier, load_network, read_hparams
 from medclass.module.hparams import validate
 from medclass.tasks.evaluate import evaluate
 from medclass.tasks.predict import run_predict
@@ -50,8 +50,29 @@ def test_every_shipped_model_trains_a_step_saves_and_loads_with_identical_logits
     description = read_hparams(tmp_path / "m.ckpt")
     assert description["net"]["arch"] in ("cnn", "timm") and "_target_" not in description["net"]
     loaded = load_classifier(tmp_path / "m.ckpt").eval()
+    network = load_network(tmp_path / "m.ckpt").eval()  # predict.py's reader, without Lightning
     with torch.inference_mode():
         assert torch.equal(loaded(x), module.eval()(x))
+        assert torch.equal(network.predict_proba(x), loaded.predict_proba(x))
+
+
+@pytest.mark.parametrize("module_options", [[], ["module.class_weights=balanced"],
+                                            ["module.loss=focal", "module.class_weights=balanced"]])
+@pytest.mark.parametrize("task", ["multi-class", "multi-label"])
+def test_the_lightning_free_network_has_the_classifiers_state_dict(tmp_path: Path, module_options: list[str],
+                                                                   task: str) -> None:
+    """`Network` (predict.py, the model-file checks) must load exactly what a Classifier saves: the same names,
+    shapes and dtypes, class-weight buffers of the loss included, or a file would pass one and fail the other."""
+    from medclass.module.network import Network
+
+    cfg = compose_train(module_options, tmp_path)
+    info = {"task": task, "class_names": ["a", "b", "c"], "in_chans": 1, "image_size": 28, "mean": [0.5],
+            "std": [0.25], "symmetry": "sided", "split_key": "k", "class_counts": [2, 1, 1], "train_size": 4}
+    module = instantiate(cfg.module, data_info=info, data_cfg=OmegaConf.to_container(cfg.data, resolve=True))
+    description = validate(dict(module.hparams), "the module's description")
+    expected = {name: (t.shape, t.dtype) for name, t in module.state_dict().items()}
+    assert {name: (t.shape, t.dtype) for name, t in Network(description).state_dict().items()} == expected
+    assert any(name.startswith("loss.") for name in expected) == ("module.class_weights=balanced" in module_options)
 
 
 # -- the pickle-free export --------------------------------------------------------------------------

@@ -220,3 +220,17 @@ def test_gradcam_target_layer_is_the_last_conv_stage() -> None:
     assert target_layer(tv) is tv.layer4
     with pytest.raises(MedclassError, match="cam_layer=nosuch"):
         target_layer(cnn, "nosuch")
+
+
+@pytest.mark.parametrize("shape", [(28, 28), (28, 28, 1), (28, 28, 3), (17, 23, 3)])
+def test_predicts_normalization_is_the_evaluation_transforms_bit_for_bit(shape: tuple[int, ...]) -> None:
+    """predict.py normalizes without importing Albumentations (`augment.normalize.to_input`): the tensors must be
+    exactly those of eval_transform, or predictions would drift from what eval.py measured."""
+    from medclass.augment import eval_transform
+    from medclass.augment.normalize import to_input
+
+    image = np.random.default_rng(0).integers(0, 256, shape, dtype=np.uint8)
+    chans = shape[2] if len(shape) == 3 else 1
+    mean, std = [0.5, 0.4, 0.3][:chans], [0.2, 0.25, 0.3][:chans]
+    expected = eval_transform(None, mean, std)(image=image)["image"]
+    assert torch.equal(to_input(image, mean, std), expected.reshape(chans, *shape[:2]))

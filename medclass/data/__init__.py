@@ -1,10 +1,9 @@
-"""Datasets and Lightning DataModules."""
+"""Datasets and Lightning DataModules (imported on first use: `medclass.utils.lazy`)."""
 
-from medclass.data.base import ClassificationDataModule, DataInfo
-from medclass.data.folder import FolderDataModule
-from medclass.data.manifest import ManifestDataModule
-from medclass.data.medmnist import MedMNISTDataModule
-from medclass.data.stream import StreamDataModule
+from medclass.utils.lazy import exports
 
 __all__ = ["ClassificationDataModule", "DataInfo", "FolderDataModule", "ManifestDataModule", "MedMNISTDataModule",
            "StreamDataModule"]
+__getattr__ = exports(__name__, {"ClassificationDataModule": "base", "DataInfo": "base", "FolderDataModule": "folder",
+                                 "ManifestDataModule": "manifest", "MedMNISTDataModule": "medmnist",
+                                 "StreamDataModule": "stream"})

@@ -30,7 +30,6 @@ from medclass.utils.errors import MedclassError
 from medclass.utils.io import write_csv
 
 SPLITS = ("train", "val", "test")
-SYMMETRIES = ("invariant", "mirror", "sided")  # flip defaults and TTA (docs/configuration.md "Augmentation")
 log = logging.getLogger("medclass")
 
 

@@ -15,16 +15,16 @@ import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from importlib import import_module
+from typing import TYPE_CHECKING, Any
 
-from medclass.data.base import SYMMETRIES, ClassificationDataModule
-from medclass.data.folder import FolderDataModule
-from medclass.data.manifest import ManifestDataModule
-from medclass.data.medmnist import MedMNISTDataModule
-from medclass.data.stream import StreamDataModule
 from medclass.untrusted.tables import CLASS_NAME
 from medclass.utils import schema as s
 
+if TYPE_CHECKING:
+    from medclass.data.base import ClassificationDataModule
+
+SYMMETRIES = ("invariant", "mirror", "sided")  # flip defaults and TTA (docs/configuration.md "Augmentation")
 # decided by the machine that runs, never by a file: dropped from every description
 MACHINE_KEYS = ("split_dir", "cache_dir", "augment")
 GROUP_BY_CHARS = 200
@@ -179,7 +179,9 @@ FOLDER: dict[str, s.Check] = {
 
 @dataclass(frozen=True)
 class Kind:
-    module: type[ClassificationDataModule]
+    """A data kind: the `_target_`s a config may use for it (the last is its DataModule's full name, imported only
+    to build one: reading a description loads no Lightning), its options' checks."""
+
     targets: tuple[str, ...]
     options: Mapping[str, s.Check]
     required: tuple[str, ...]
@@ -187,20 +189,18 @@ class Kind:
 
 
 KINDS: dict[str, Kind] = {
-    "medmnist": Kind(MedMNISTDataModule,
-                     ("medclass.data.MedMNISTDataModule", "medclass.data.medmnist.MedMNISTDataModule"),
+    "medmnist": Kind(("medclass.data.MedMNISTDataModule", "medclass.data.medmnist.MedMNISTDataModule"),
                      {**COMMON, "name": s.name(64), "size": s.choice(28, 64, 128, 224), "root": s.optional(s.text()),
                       "download": s.boolean}, ("name",), folders=("cache_dir",)),
-    "folder": Kind(FolderDataModule, ("medclass.data.FolderDataModule", "medclass.data.folder.FolderDataModule"),
+    "folder": Kind(("medclass.data.FolderDataModule", "medclass.data.folder.FolderDataModule"),
                    FOLDER, ("root",)),
-    "manifest": Kind(ManifestDataModule, ("medclass.data.ManifestDataModule",
-                                          "medclass.data.manifest.ManifestDataModule"),
+    "manifest": Kind(("medclass.data.ManifestDataModule", "medclass.data.manifest.ManifestDataModule"),
                      {**FOLDER, "manifest": s.text(), "root": s.optional(s.text()),
                       "multi_label": s.optional(s.boolean)},
                      ("manifest",)),
     # a prepared copy (medclass-prepare): read where `input_dir` says, a local folder or a bucket; its LitData
     # chunk cache (`cache_dir`) is this machine's, and the chunks are checked to unpickle nothing
-    "stream": Kind(StreamDataModule, ("medclass.data.StreamDataModule", "medclass.data.stream.StreamDataModule"),
+    "stream": Kind(("medclass.data.StreamDataModule", "medclass.data.stream.StreamDataModule"),
                    {**COMMON, "input_dir": s.text(), "name": s.optional(s.name(128)),
                     "symmetry": s.optional(s.choice(*SYMMETRIES)),
                     "max_cache_size": s.optional(s.text(32, r"[0-9.]+ ?[KMGT]?B?", "a size such as 50GB"))},
@@ -266,4 +266,5 @@ def build(description: Mapping[str, Any], **machine: Any) -> ClassificationDataM
     """The DataModule of a `describe`d description; `machine` adds this machine's split_dir, cache_dir,
     augment, and the checkpoint's mean, std and channels."""
     options = dict(description)
-    return KINDS[options.pop("kind")].module(**{**options, **machine})
+    module, _, name = KINDS[options.pop("kind")].targets[-1].rpartition(".")
+    return getattr(import_module(module), name)(**{**options, **machine})

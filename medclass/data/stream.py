@@ -38,7 +38,6 @@ import numpy as np
 from medclass.augment import BatchAugment
 from medclass.data.base import (
     SPLITS,
-    SYMMETRIES,
     ClassificationDataModule,
     DataInfo,
     encode_labels,
@@ -52,6 +51,7 @@ from medclass.data.chunks import ADVICE, META, Chunk, ItemLayout, check_chunk_fi
 from medclass.data.decode import DICOM_SUFFIXES, decode_resized
 from medclass.data.folder import FolderDataModule
 from medclass.data.leakage import split_copies
+from medclass.data.registry import SYMMETRIES
 from medclass.untrusted import files
 from medclass.untrusted.tables import CLASS_NAME
 from medclass.utils import schema as s

@@ -1,5 +1,7 @@
-"""What `eval.py` learns from a checkpoint: metrics, calibration, figures and the report folder."""
+"""What `eval.py` learns from a checkpoint: metrics, calibration, figures and the report folder (imported on first
+use: `medclass.utils.lazy`)."""
 
-from medclass.eval.report import write_report
+from medclass.utils.lazy import exports
 
 __all__ = ["write_report"]
+__getattr__ = exports(__name__, {"write_report": "report"})

@@ -11,7 +11,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from torchmetrics.functional.classification import binary_calibration_error, multiclass_calibration_error
 
 from medclass.module.tasks import probabilities
 
@@ -21,6 +20,8 @@ T_RANGE = (0.05, 20.0)
 
 def ece(probs: np.ndarray, labels: np.ndarray, task: str, n_bins: int = 15) -> float:
     """Top-label ECE (L1, equal-width bins); multi-label: over every (image, label) pair."""
+    from torchmetrics.functional.classification import binary_calibration_error, multiclass_calibration_error
+
     p, y = torch.as_tensor(probs, dtype=torch.float64), torch.as_tensor(labels)
     if task == "multi-label":
         return float(binary_calibration_error(p.flatten(), y.reshape(p.shape).flatten().long(), n_bins=n_bins))

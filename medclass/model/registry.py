@@ -20,7 +20,6 @@ from typing import Any
 
 from torch import nn
 
-from medclass.model.backbone import timm_model
 from medclass.model.cnn import SimpleCNN
 from medclass.utils import schema as s
 from medclass.utils.errors import MedclassError
@@ -59,7 +58,14 @@ register("cnn", SimpleCNN, ("medclass.model.SimpleCNN", "medclass.model.cnn.Simp
     "hidden": s.integer(0, 65536),
     "dropout": s.number(0, 1),
 })
-register("timm", timm_model, ("medclass.model.timm_model", "medclass.model.backbone.timm_model"), {
+def timm_network(**options: Any) -> nn.Module:
+    """`medclass.model.backbone.timm_model`, importing timm (seconds) only when a timm network is built."""
+    from medclass.model.backbone import timm_model
+
+    return timm_model(**options)
+
+
+register("timm", timm_network, ("medclass.model.timm_model", "medclass.model.backbone.timm_model"), {
     "name": s.text(100, r"[A-Za-z0-9_.\-]+", "a timm model name such as resnet18"),
     "pretrained": s.boolean,
     "weights": s.optional(s.text()),

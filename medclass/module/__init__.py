@@ -1,5 +1,6 @@
-"""The LightningModule and what it needs to know about tasks."""
+"""The LightningModule and what it needs to know about tasks (imported on first use: `medclass.utils.lazy`)."""
 
-from medclass.module.classifier import Classifier
+from medclass.utils.lazy import exports
 
 __all__ = ["Classifier"]
+__getattr__ = exports(__name__, {"Classifier": "classifier"})

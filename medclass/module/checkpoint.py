@@ -27,17 +27,19 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
-from medclass.model import registry as model_registry
-from medclass.module import Classifier
 from medclass.module.hparams import validate
+from medclass.module.network import Network, file_safe_net
 from medclass.untrusted import model_file as mf
 from medclass.untrusted.files import Refused, printable
 from medclass.utils import schema as s
 from medclass.utils.errors import MedclassError
+
+if TYPE_CHECKING:
+    from medclass.module import Classifier
 
 log = logging.getLogger("medclass")
 
@@ -166,17 +168,11 @@ def read_hparams(path: str | Path) -> dict[str, Any]:
     return read_model_file(path).hparams
 
 
-def file_safe_net(hparams: Mapping[str, Any]) -> dict[str, Any]:
-    """The described network's options with the file-safe ones forced (no download, no other weights file)."""
-    arch = model_registry.ARCHITECTURES[hparams["net"]["arch"]]
-    return {**hparams["net"], **{k: v for k, v in arch.from_file.items() if k in hparams["net"]}}
-
-
-def skeleton(hparams: Mapping[str, Any]) -> Classifier:
-    """The Classifier a checked description builds, on the meta device: its state_dict's names, shapes and dtypes,
-    and its layers' output sizes, without memory or time."""
+def skeleton(hparams: Mapping[str, Any]) -> Network:
+    """What a checked description builds, on the meta device: the Classifier's state_dict names, shapes and dtypes
+    (`Network` has the same), and its layers' output sizes, without memory, time or Lightning."""
     with torch.device("meta"):
-        return Classifier(**{**hparams, "net": file_safe_net(hparams), "compile": False})
+        return Network(hparams)
 
 
 def check_index(hparams: Mapping[str, Any], index: Mapping[str, mf.TensorInfo], source: str) -> None:
@@ -219,13 +215,15 @@ def largest_activation(net: torch.nn.Module, in_chans: int, size: int) -> int:
 
 def build_classifier(hparams: Mapping[str, Any]) -> Classifier:
     """A Classifier from a checked description; the network with its file-safe options (no weights read)."""
+    from medclass.module import Classifier
+
     module = Classifier(**{**hparams, "net": file_safe_net(hparams), "compile": False})
     module.hparams.update(net=dict(hparams["net"]), compile=hparams.get("compile", False))  # as the file says
     module.read_from_file = True
     return module
 
 
-def load_weights(module: Classifier, state: Mapping[str, torch.Tensor], source: str) -> None:
+def load_weights(module: Classifier | Network, state: Mapping[str, torch.Tensor], source: str) -> None:
     """`state` (names, dtypes and shapes already checked) into `module`, strictly; then the numbers: finite in the
     network's dtype, non-negative variances, and finite outputs of a probe pass on two fixed images."""
     from medclass.module.tasks import probabilities
@@ -236,7 +234,7 @@ def load_weights(module: Classifier, state: Mapping[str, torch.Tensor], source: 
         first = str(err).splitlines()
         raise MedclassError(f"the weights in {source} do not fit the network it describes "
                             f"({' '.join(line.strip() for line in first[:3])[:300]})") from err
-    info = module.hparams.data_info
+    info = module.hparams["data_info"]
     was_training = module.training
     try:
         mf.check_loaded(module, source)
@@ -258,9 +256,18 @@ def load_classifier(path: str | Path, map_location: str | torch.device = "cpu") 
     return module.to(map_location)
 
 
-def model_meta(module: Classifier) -> dict[str, Any]:
+def load_network(path: str | Path, map_location: str | torch.device = "cpu") -> Network:
+    """`load_classifier` without Lightning, for scoring (predict.py): the same reading, checks and weights."""
+    model_file = read_model_file(path)
+    network = Network(model_file.hparams)
+    load_weights(network, model_file.state_dict, str(path))
+    network.model_file = model_file
+    return network.to(map_location)
+
+
+def model_meta(module: Classifier | Network) -> dict[str, Any]:
     """What preprocessing and reading the outputs need: travels inside an ONNX export too."""
-    info = module.hparams.data_info
+    info = module.hparams["data_info"]
     return {"class_names": list(info["class_names"]), "task": info["task"], "image_size": int(info["image_size"]),
             "in_chans": int(info["in_chans"]), "mean": list(info["mean"]), "std": list(info["std"]),
             "symmetry": info.get("symmetry", "sided")}

@@ -21,8 +21,8 @@ from medclass.model import registry as model_registry
 from medclass.module.finetune import freeze_named_layers, set_backbone_frozen, split_parameters
 from medclass.module.losses import class_weights as weights_for
 from medclass.module.losses import make_loss
-from medclass.module.tasks import make_metrics, probabilities
-from medclass.module.tta import tta_views
+from medclass.module.tasks import make_metrics
+from medclass.module.tta import averaged_probabilities, tta_views
 from medclass.utils.errors import MedclassError
 
 
@@ -132,10 +132,8 @@ class Classifier(L.LightningModule):
 
     def _views_forward(self, x: torch.Tensor, tta: bool) -> tuple[torch.Tensor, torch.Tensor]:
         """Logits of the plain view, and probabilities averaged over the test-time views when `tta`."""
-        views = tta_views(self.tta if tta else "none", self.hparams.data_info.get("symmetry", "sided"))
-        logits = [self(view(x)) for view in views]  # views[0] is the identity
-        probs = torch.stack([probabilities(z.detach().float(), self.task) for z in logits]).mean(0)
-        return logits[0], probs
+        return averaged_probabilities(self, x, self.tta if tta else "none",
+                                      self.hparams.data_info.get("symmetry", "sided"), self.task)
 
     def predict_proba(self, x: torch.Tensor, tta: bool = True) -> torch.Tensor:
         return self._views_forward(x, tta)[1]

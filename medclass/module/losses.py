@@ -13,7 +13,6 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torchvision.ops import sigmoid_focal_loss
 
 from medclass.utils.errors import MedclassError
 
@@ -79,6 +78,8 @@ class SigmoidFocalLoss(nn.Module):
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         target = target.float()
+        from torchvision.ops import sigmoid_focal_loss  # torchvision loads only where a focal loss trains
+
         loss = sigmoid_focal_loss(logits.float(), target, alpha=-1, gamma=self.gamma, reduction="none")
         if self.pos_weight is not None:
             loss = loss * torch.where(target > 0, self.pos_weight, torch.ones_like(self.pos_weight))

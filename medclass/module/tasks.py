@@ -8,18 +8,14 @@ The losses themselves live in `medclass.module.losses`.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
-from torchmetrics import MetricCollection
-from torchmetrics.classification import (
-    MulticlassAccuracy,
-    MulticlassAUROC,
-    MulticlassF1Score,
-    MultilabelAccuracy,
-    MultilabelAUROC,
-    MultilabelF1Score,
-)
 
 from medclass.utils.errors import MedclassError
+
+if TYPE_CHECKING:
+    from torchmetrics import MetricCollection
 
 TASKS = ("multi-class", "binary-class", "multi-label", "ordinal-regression")
 
@@ -36,7 +32,18 @@ def probabilities(logits: torch.Tensor, task: str) -> torch.Tensor:
 
 def make_metrics(task: str, num_classes: int, with_auc: bool = True) -> MetricCollection:
     """ACC as MedMNIST defines it (argmax; mean per-label accuracy at 0.5 for multi-label), macro AUC and F1,
-    and for single-label tasks balanced accuracy (validation and test)."""
+    and for single-label tasks balanced accuracy (validation and test). torchmetrics is imported here, by
+    training and eval only: reading a model file's task and scoring images do not need it."""
+    from torchmetrics import MetricCollection
+    from torchmetrics.classification import (
+        MulticlassAccuracy,
+        MulticlassAUROC,
+        MulticlassF1Score,
+        MultilabelAccuracy,
+        MultilabelAUROC,
+        MultilabelF1Score,
+    )
+
     if check_task(task) == "multi-label":
         metrics = {
             "acc": MultilabelAccuracy(num_labels=num_classes, average="macro"),

@@ -8,6 +8,7 @@ from functools import partial
 import torch
 from torch.nn import functional as F
 
+from medclass.module.tasks import probabilities
 from medclass.utils.errors import MedclassError
 
 View = Callable[[torch.Tensor], torch.Tensor]
@@ -43,3 +44,12 @@ def tta_views(mode: str, symmetry: str) -> list[View]:
         return _IDENTITY
     return VIEWS.get(symmetry, _IDENTITY) + (_SHIFTS if mode == "shift" else [])
 
+
+
+def averaged_probabilities(forward: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, mode: str,
+                           symmetry: str, task: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """The logits of the plain view, and the probabilities averaged over the test-time views of `mode`: how the
+    Classifier (training, eval) and the Lightning-free `Network` (predict) both score a batch."""
+    logits = [forward(view(x)) for view in tta_views(mode, symmetry)]  # views[0] is the identity
+    probs = torch.stack([probabilities(z.detach().float(), task) for z in logits]).mean(0)
+    return logits[0], probs

@@ -11,6 +11,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from medclass.utils.hardware import FAST_CPU_BF16, cpu_bf16_flags, has_fast_bf16
+from medclass.utils.logs import one_console
 
 log = logging.getLogger("medclass")
 
@@ -27,6 +28,7 @@ def scalars(results: list[dict[str, Any]]) -> dict[str, float]:
 def build_trainer(cfg: DictConfig, **overrides: Any) -> L.Trainer:
     """The configured Trainer; SyncBatchNorm is dropped on CPU, where torch refuses it (trainer=ddp on CPU), and
     `precision: auto` becomes the machine's fastest precision that keeps accuracy (`auto_precision`)."""
+    one_console()  # Lightning speaks through the run's own log handlers, once
     accelerator = cfg.trainer.get("accelerator", "auto")
     if cfg.trainer.get("sync_batchnorm") and not _uses_gpu(accelerator):
         log.info("sync_batchnorm off: SyncBatchNorm needs GPUs (accelerator=%s)", accelerator)

@@ -1,23 +1,26 @@
-"""`medclass-eval` / `python eval.py`: score a checkpoint on one split with the data config it was trained with."""
+"""`medclass-eval` / `python eval.py`: score a checkpoint on one split with the data config it was trained with.
+
+The model file is read and checked before Lightning and the report's libraries are imported, so a bad file is
+refused in seconds (docs/development.md "Start-up").
+"""
 
 from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from medclass.data import ClassificationDataModule
 from medclass.data import registry as data_registry
-from medclass.eval import sections
-from medclass.module import Classifier
-from medclass.module.classifier import to_plain as plain
-from medclass.tasks.build import build_trainer, scalars
 from medclass.utils.errors import MedclassError
 from medclass.utils.io import write_json
+
+if TYPE_CHECKING:
+    from medclass.data import ClassificationDataModule
+    from medclass.module import Classifier
 
 log = logging.getLogger("medclass")
 
@@ -27,7 +30,9 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     from medclass.eval import operating_file
     from medclass.module.checkpoint import load_classifier
 
-    module = load_classifier(cfg.ckpt_path)
+    module = load_classifier(cfg.ckpt_path)  # the file is checked before the Classifier (Lightning) is built
+    from medclass.tasks.build import build_trainer, scalars
+
     operating_file.check_existing(cfg.ckpt_path)
     datamodule = rebuild_data(module, cfg)
     datamodule.prepare_data()
@@ -56,6 +61,8 @@ def rebuild_data(module: Classifier, cfg: DictConfig) -> ClassificationDataModul
     if not described:
         raise MedclassError(f"{cfg.ckpt_path} records no data to evaluate on (it was trained outside train.py); "
                             "score it from Python with Trainer.test, or retrain with train.py")
+    from medclass.module.classifier import to_plain as plain
+
     overrides = {k: v for k, v in plain(cfg.get("data") or {}).items() if v is not None}
     machine = {k: overrides.pop(k) for k in data_registry.MACHINE_KEYS if k in overrides}
     sealed = bool(getattr(getattr(module, "model_file", None), "sealed", False))  # read with the file, once
@@ -103,6 +110,7 @@ def make_report(cfg: DictConfig, module: Classifier, datamodule: ClassificationD
                 device: torch.device, probs: np.ndarray, labels: np.ndarray) -> None:
     """report.json, per_class.csv, figures and report.md from the test pass's probabilities; the
     temperature is fitted on validation only (one more pass, over val)."""
+    from medclass.eval import sections
     from medclass.eval.report import collect, write_predictions, write_report
 
     module.to(device)

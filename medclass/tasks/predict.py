@@ -27,24 +27,27 @@ from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 from omegaconf import DictConfig
 from rich.progress import track
 
-from medclass.augment import eval_transform
+from medclass.augment.normalize import to_input
 from medclass.data.decode import decode_resized, read_image
 from medclass.data.scan import reason_to_skip
 from medclass.eval.calibration import apply_temperature
-from medclass.module import Classifier
 from medclass.module.checkpoint import largest_activation, model_meta
 from medclass.module.tta import tta_views
 from medclass.untrusted.tables import read_table
 from medclass.utils.errors import MedclassError
 from medclass.utils.extras import MissingExtra
 from medclass.utils.io import atomic_open, csv_line, write_csv
+
+if TYPE_CHECKING:
+    from medclass.module import Classifier
+    from medclass.module.network import Network
 
 log = logging.getLogger("medclass")
 Skipped = tuple[Path, str]
@@ -131,7 +134,7 @@ class TorchModel:
     a model file must not make each image take minutes without the user asking. `source` names the file in errors.
     """
 
-    def __init__(self, module: Classifier, tta: str | None = None, device: str = "cpu",
+    def __init__(self, module: Classifier | Network, tta: str | None = None, device: str = "cpu",
                  operating: dict[str, Any] | None = None, memory_mb: int = DEFAULT_MEMORY_MB,
                  tta_gflop: float | None = None, source: str | None = None) -> None:
         self.module, self.device = module.eval().to(device), torch.device(device)
@@ -416,7 +419,7 @@ def predict_images(
     (eval.py `abstain.*`), an image whose uncalibrated confidence falls below it gets `decision=refer`.
     Batches shrink to fit the model's memory budget (`TorchModel(memory_mb=)`, default 1024).
     """
-    if isinstance(model, Classifier):
+    if isinstance(model, torch.nn.Module):  # a Classifier or Network
         model = TorchModel(model, tta=tta)
     result = Predictions()
     result.records.extend(iter_records(model, paths, result.skipped, batch_size, k, threshold, progress, cam_dir,
@@ -434,7 +437,6 @@ def scored_batches(model: TorchModel | Callable[[torch.Tensor], np.ndarray], pat
     meta = model.meta
     batch_size = fit_batch(model, batch_size, cam)
     source = getattr(model, "source", None) or "the model"
-    to_tensor = eval_transform(None, meta["mean"], meta["std"])  # decode_resized already sized the image
     paths = list(paths)
     chunks = [paths[i : i + batch_size] for i in range(0, len(paths), batch_size)]
     for chunk in track(chunks, description="predicting", transient=True, disable=not progress or len(chunks) < 2):
@@ -447,7 +449,7 @@ def scored_batches(model: TorchModel | Callable[[torch.Tensor], np.ndarray], pat
             except Exception as err:  # corrupt, truncated, unreadable: listed, never fatal
                 skipped.append((path, f"unreadable image ({type(err).__name__}: {err})"))
                 continue
-            tensors.append(to_tensor(image=image)["image"])
+            tensors.append(to_input(image, meta["mean"], meta["std"]))  # decode_resized sized it
             kept.append(path)
         if kept:
             x = torch.stack(tensors)
@@ -595,7 +597,7 @@ def load_model(cfg: DictConfig) -> TorchModel | Any:
         model = OnnxModel(onnx)
         model.memory_mb, model.source = memory_mb, f"onnx_path={onnx}"  # its inputs and outputs count (no layers)
         return model
-    from medclass.module.checkpoint import load_classifier
+    from medclass.module.checkpoint import load_network
 
     device = cfg.get("device") or "auto"
     if device == "auto":
@@ -603,7 +605,7 @@ def load_model(cfg: DictConfig) -> TorchModel | Any:
     from medclass.eval import operating_file
 
     check_described_network(ckpt, memory_mb, bool(cfg.get("cam")), f"ckpt_path={ckpt}")
-    module = load_classifier(ckpt)
+    module = load_network(ckpt)
     return TorchModel(module, tta=cfg.get("tta"), device=device,
                       operating=operating_file.load(ckpt, default=module.model_file.operating), memory_mb=memory_mb,
                       tta_gflop=tta_gflop, source=f"ckpt_path={ckpt}")

@@ -23,6 +23,7 @@ from medclass.module.resume import Resume
 from medclass.tasks.build import build_trainer, instantiate_all, scalars
 from medclass.utils.errors import MedclassError
 from medclass.utils.io import write_json, write_text
+from medclass.utils.logs import one_console
 
 log = logging.getLogger("medclass")
 
@@ -99,6 +100,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         write_text(out / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
     else:
         log.setLevel(logging.WARNING)
+    one_console()  # before Lightning's first message (the seed)
     L.seed_everything(cfg.seed, workers=True)
 
     norm = pretrained_normalization(cfg.model) if cfg.data.get("mean") is None else None

@@ -105,9 +105,6 @@ def report_user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        from medclass.utils.logs import one_console
-
-        one_console()  # Hydra has set up logging by now
         try:
             result = fn(*args, **kwargs)
         except Exception as err:

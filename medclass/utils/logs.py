@@ -23,7 +23,9 @@ class DropNoise(logging.Filter):
 
 
 def one_console() -> None:
-    """Call once Hydra has set up logging; safe to call again."""
+    """Call once Hydra has set up logging, before Lightning's first message (the tasks that use Lightning do, in
+    `build_trainer` and before seeding); safe to call again. Commands that never need Lightning (predict, a
+    refused model file) do not import it for this."""
     import lightning  # noqa: F401  (its import adds the handler removed here)
 
     root = logging.getLogger("lightning")
