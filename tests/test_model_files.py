@@ -57,7 +57,9 @@ def test_every_shipped_model_trains_a_step_saves_and_loads_with_identical_logits
 
 
 @pytest.mark.parametrize("module_options", [[], ["module.class_weights=balanced"],
-                                            ["module.loss=focal", "module.class_weights=balanced"]])
+                                            ["module.loss=focal", "module.class_weights=balanced"],
+                                            ["model=resnet18", "model.pretrained=false",
+                                             "module.freeze_layers=[layer1]"]])
 @pytest.mark.parametrize("task", ["multi-class", "multi-label"])
 def test_the_lightning_free_network_has_the_classifiers_state_dict(tmp_path: Path, module_options: list[str],
                                                                    task: str) -> None:

@@ -46,6 +46,10 @@ class Network(nn.Module):
                               hparams.get("focal_gamma", 2.0))
         self.tta = hparams.get("tta", "none")
         tta_views(self.tta, self.symmetry)  # a bad value fails here, naming the choices
+        if hparams.get("freeze_layers"):  # timm's freeze swaps their BatchNorm for FrozenBatchNorm2d: other buffers
+            from medclass.module.finetune import freeze_named_layers
+
+            freeze_named_layers(self.net, list(hparams["freeze_layers"]))
         if self.channels_last:
             self.net = self.net.to(memory_format=torch.channels_last)
 
