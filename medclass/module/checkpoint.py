@@ -249,11 +249,15 @@ def load_weights(module: Classifier | Network, state: Mapping[str, torch.Tensor]
 
 def load_classifier(path: str | Path, map_location: str | torch.device = "cpu") -> Classifier:
     """The model a `.ckpt` or `.safetensors` file describes, with its weights; any fault is one error line."""
-    model_file = read_model_file(path)
+    return classifier_from(read_model_file(path)).to(map_location)
+
+
+def classifier_from(model_file: ModelFile) -> Classifier:
+    """The Classifier of a model file already read and checked (`read_model_file`), with its weights."""
     module = build_classifier(model_file.hparams)
-    load_weights(module, model_file.state_dict, str(path))
+    load_weights(module, model_file.state_dict, str(model_file.path))
     module.model_file = model_file  # its operating values, for predict.py and export.py
-    return module.to(map_location)
+    return module
 
 
 def load_network(path: str | Path, map_location: str | torch.device = "cpu") -> Network:

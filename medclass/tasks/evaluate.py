@@ -28,13 +28,16 @@ log = logging.getLogger("medclass")
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
     """Evaluate a checkpoint on one split with the data config it was trained with (plus overrides)."""
     from medclass.eval import operating_file
-    from medclass.module.checkpoint import load_classifier
+    from medclass.module.checkpoint import classifier_from, read_model_file
 
-    module = load_classifier(cfg.ckpt_path)  # the file is checked before the Classifier (Lightning) is built
+    # the file, the operating file beside it and the data it names are checked before Lightning is imported
+    model_file = read_model_file(cfg.ckpt_path)
+    operating_file.check_existing(cfg.ckpt_path)
+    description, machine = data_description(model_file.hparams, model_file.sealed, cfg)
+    module = classifier_from(model_file)
     from medclass.tasks.build import build_trainer, scalars
 
-    operating_file.check_existing(cfg.ckpt_path)
-    datamodule = rebuild_data(module, cfg)
+    datamodule = data_registry.build(description, **machine)
     datamodule.prepare_data()
     check_same_split(module.hparams.data_info.get("split_key"), datamodule.info.split_key, cfg)
     module.eval_split = cfg.split
@@ -54,25 +57,24 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     return payload
 
 
-def rebuild_data(module: Classifier, cfg: DictConfig) -> ClassificationDataModule:
-    """The checkpoint's data description (checked, never instantiated) with the command line's `data.*` on top;
-    split and cache files go to this machine's folders, never to a place the file names."""
-    described = module.hparams.get("data_cfg")
+def data_description(hparams: dict[str, Any], sealed: bool, cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(the data description to build, this machine's options for it): the model file's description (checked,
+    never instantiated; its paths only when `sealed`) with the command line's `data.*` on top; split and cache
+    files go to this machine's folders, never to a place the file names."""
+    described = hparams.get("data_cfg")
     if not described:
         raise MedclassError(f"{cfg.ckpt_path} records no data to evaluate on (it was trained outside train.py); "
                             "score it from Python with Trainer.test, or retrain with train.py")
-    from medclass.module.classifier import to_plain as plain
-
-    overrides = {k: v for k, v in plain(cfg.get("data") or {}).items() if v is not None}
+    given = OmegaConf.to_container(cfg.data, resolve=True) if cfg.get("data") else {}
+    overrides = {k: v for k, v in given.items() if v is not None}
     machine = {k: overrides.pop(k) for k in data_registry.MACHINE_KEYS if k in overrides}
-    sealed = bool(getattr(getattr(module, "model_file", None), "sealed", False))  # read with the file, once
     check_named_paths(described, overrides, sealed, cfg)
     description = data_registry.describe({**data_registry.from_file(described), **overrides}, "data")
-    info = module.hparams.data_info
+    info = hparams["data_info"]
     machine.update(augment=None, mean=info["mean"], std=info["std"], in_chans=info["in_chans"])
     for key in data_registry.KINDS[description["kind"]].folders:  # this machine's, not the trainer's
         machine.setdefault(key, str(Path(cfg.paths.log_dir) / {"split_dir": "splits", "cache_dir": "cache"}[key]))
-    return data_registry.build(description, **machine)
+    return description, machine
 
 
 def check_named_paths(described: dict[str, Any], overrides: dict[str, Any], sealed: bool, cfg: DictConfig) -> None:
