@@ -27,9 +27,8 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from medclass.data import FolderDataModule, ManifestDataModule
 from medclass.data.splits import assign_splits
-from medclass.eval import operating_file
 from medclass.eval.bootstrap import METRICS, bootstrap_ci, metric_values
-from medclass.module import Classifier
+from medclass.module import Classifier, operating_file
 from medclass.module.checkpoint import load_classifier
 from medclass.tasks.evaluate import evaluate
 from medclass.tasks.train import train

@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from medclass.module.checkpoint import load_classifier
-from medclass.tasks.export import OnnxModel, export_onnx
+from medclass.module.onnx import OnnxModel
+from medclass.tasks.export import export_onnx
 from medclass.tasks.predict import TorchModel, collect_inputs, predict_images, run_predict
 from medclass.utils.errors import MedclassError
 

@@ -31,11 +31,12 @@ import torch
 from medclass.data import registry as data_registry
 from medclass.data import stream
 from medclass.data.folder import FolderDataModule
-from medclass.eval import operating_file
 from medclass.model import registry as model_registry
+from medclass.module import operating_file
 from medclass.module.checkpoint import load_classifier, model_meta, read_export
 from medclass.module.hparams import FIELDS, validate
-from medclass.tasks.export import export_safetensors, read_meta
+from medclass.module.onnx import read_meta
+from medclass.tasks.export import export_safetensors
 from medclass.tasks.train import train
 from medclass.utils import schema as s
 from medclass.utils.errors import MedclassError

@@ -1,5 +1,6 @@
-"""The map holds: no import cycles between medclass's modules, and every config group's home package
-named in docs/configuration.md exists under that name."""
+"""The map holds: packages import only the layers below them (so no two packages import each other), no import
+cycles between medclass's modules, and every config group's home package named in docs/configuration.md exists
+under that name."""
 
 from __future__ import annotations
 
@@ -32,6 +33,39 @@ def imports() -> dict[str, set[str]]:
                 found |= {a.name for a in node.names if a.name.startswith("medclass")}
         graph[name] = {m for m in found if m in modules and m != name}
     return graph
+
+
+# medclass's packages, bottom to top (docs/development.md "Layout"): each may import those before it, never after
+LAYERS = ("utils", "untrusted", "model", "augment", "data", "module", "eval", "callbacks", "logger", "tasks")
+
+
+def package(module: str) -> str:
+    return module.split(".")[1] if module.count(".") else ""
+
+
+def upward_imports(graph: dict[str, set[str]]) -> list[str]:
+    """Every import of a module in a higher layer (or in a package with no layer), as `a -> b`."""
+    rank = {name: i for i, name in enumerate(LAYERS)}
+    found = []
+    for source, targets in sorted(graph.items()):
+        for target in sorted(targets):
+            low, high = package(source), package(target)
+            if low and high and low != high and rank.get(high, len(LAYERS)) > rank.get(low, -1):
+                found.append(f"{source} -> {target}")
+    return found
+
+
+def test_packages_import_only_the_layers_below_them() -> None:
+    graph = imports()
+    assert {package(m) for m in graph} - {""} == set(LAYERS)  # every package has its layer
+    assert upward_imports(graph) == []
+
+
+def test_a_planted_upward_import_is_found() -> None:
+    """The check has teeth: the real graph plus one import of a command from the data layer."""
+    graph = imports()
+    graph["medclass.data.folder"] = {*graph["medclass.data.folder"], "medclass.tasks.predict"}
+    assert upward_imports(graph) == ["medclass.data.folder -> medclass.tasks.predict"]
 
 
 def test_no_import_cycles() -> None:

@@ -96,11 +96,12 @@ def test_binary_report_has_intervals_and_operating_points(tmp_path: Path) -> Non
 
 
 def test_eval_saves_temperature_and_thresholds_that_predict_and_export_apply(tmp_path: Path) -> None:
-    from medclass.eval import operating_file
     from medclass.eval.calibration import apply_temperature
+    from medclass.module import operating_file
     from medclass.module.checkpoint import load_classifier
+    from medclass.module.onnx import OnnxModel
     from medclass.tasks.evaluate import evaluate
-    from medclass.tasks.export import OnnxModel, run_export
+    from medclass.tasks.export import run_export
     from medclass.tasks.predict import run_predict
     from medclass.tasks.train import train
 

@@ -352,8 +352,9 @@ def test_odd_labels_go_through_train_eval_predict_and_both_exports(tmp_path: Pat
     its own eval, predict and export read; predict reads both exports; every CSV keeps `=cmd` as text; no file
     or folder is named after a class."""
     from medclass.eval import sections
+    from medclass.module.onnx import OnnxModel
     from medclass.tasks.evaluate import evaluate
-    from medclass.tasks.export import OnnxModel, run_export
+    from medclass.tasks.export import run_export
     from medclass.tasks.predict import run_predict
 
     manifest = odd_label_manifest(tmp_path / "study")

@@ -500,7 +500,7 @@ def test_the_resume_copy_holds_only_the_numbers_it_needs(base: dict[str, Any], t
     whole storages, so copying it as it is would write (and read) 512 MB; the copy holds the view's numbers."""
     from medclass.module.checkpoint import build_classifier
     from medclass.module.hparams import validate
-    from medclass.module.resume import check_resume
+    from medclass.tasks.resume import check_resume
 
     nbytes = 512 * 2**20
     zeros = tmp_path / "zeros"
@@ -565,7 +565,7 @@ def test_init_from_takes_anyones_weights_through_the_safe_reader(base: dict[str,
 
 
 def test_an_operating_file_that_is_not_a_regular_file_is_refused(tmp_path: Path) -> None:
-    from medclass.eval import operating_file
+    from medclass.module import operating_file
     from medclass.utils.errors import MedclassError
 
     os.mkfifo(tmp_path / "model.operating.json")  # a reader that opened it would wait for a writer for ever
@@ -602,7 +602,7 @@ def test_a_file_torch_save_did_not_write_is_refused_from_its_index(base: dict[st
     import time
 
     from medclass.module.checkpoint import load_classifier
-    from medclass.module.resume import check_resume
+    from medclass.tasks.resume import check_resume
     from medclass.utils.errors import MedclassError
 
     source = mid_run / "checkpoints" / "best-epoch000.ckpt"

@@ -13,7 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from medclass.tasks.export import OnnxModel, export_onnx
+from medclass.module.onnx import OnnxModel
+from medclass.tasks.export import export_onnx
 from medclass.untrusted import onnx_model
 from medclass.utils.errors import MedclassError
 

@@ -4,7 +4,7 @@ The external set's labels may be coarser or named differently from the checkpoin
 `external.class_map` maps each checkpoint class onto one external label (several classes may share
 one, e.g. glioma, meningioma and pituitary onto "tumour"), and the probabilities of the classes that
 share a label are summed. Images go through the training machine's preprocessing from the checkpoint
-(`medclass.tasks.predict.scored_batches`: size, channels, mean and std, test-time views as trained).
+(`medclass.module.scoring.scored_batches`: size, channels, mean and std, test-time views as trained).
 The external folder or CSV is data: scanned for files and labels, never executed; the class map comes
 from the command line and is checked against the checkpoint's classes and the external labels.
 """
@@ -108,13 +108,13 @@ def score_mapped(probs: np.ndarray, labels: np.ndarray, targets: list[str], n_re
 def evaluate_external(model: Any, root: str | Path, class_map: Mapping[str, Any] | None, internal: tuple[
         np.ndarray, np.ndarray] | None = None, batch_size: int = 64, n_resamples: int = 1000, seed: int = 0,
                       progress: bool = False) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """Score `root` with `model` (a `medclass.tasks.predict.TorchModel`), mapped through `class_map`.
+    """Score `root` with `model` (a `medclass.module.scoring.TorchModel`), mapped through `class_map`.
 
     `internal`: the internal test split's (probabilities, labels) in the checkpoint's classes, mapped the same
     way so the report sets the two side by side on the same labels. Returns the summary and one row per image
     (path, label, prediction, mapped probabilities) for `external_predictions.csv`.
     """
-    from medclass.tasks.predict import scored_batches
+    from medclass.module.scoring import scored_batches
 
     meta = model.meta
     if meta["task"] == "multi-label":

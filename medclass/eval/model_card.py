@@ -409,7 +409,7 @@ def _report_facts(report: Mapping[str, Any] | None) -> dict[str, Any] | None:
 
 
 def _operating(checkpoint: Path) -> dict[str, Any]:
-    from medclass.eval import operating_file
+    from medclass.module import operating_file
 
     try:
         values = operating_file.load(checkpoint)

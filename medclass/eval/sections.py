@@ -125,7 +125,7 @@ def external_section(cfg: DictConfig, module: Any, device: Any, internal: tuple[
     """Score `external.root` with the checkpoint (its preprocessing, its test-time views) and write
     `external_predictions.csv`; the internal test split, mapped the same way, stands beside it."""
     from medclass.eval.external import evaluate_external, external_markdown
-    from medclass.tasks.predict import TorchModel
+    from medclass.module.scoring import TorchModel
 
     model = TorchModel(module, device=str(device))
     summary, rows = evaluate_external(model, cfg.external.root, _plain(cfg.external.get("class_map")), internal,

@@ -17,7 +17,7 @@ A model file may come from a stranger. It is read, never run:
   variance non-negative, and a probe forward pass on two fixed images finite. Lightning's `load_from_checkpoint`
   is not used, and nothing read from the file reaches `hydra.utils.instantiate` or OmegaConf.
 
-Resuming (`train.py ckpt_path=`) reads far more than weights: `medclass.module.resume`.
+Resuming (`train.py ckpt_path=`) reads far more than weights: `medclass.tasks.resume`.
 """
 
 from __future__ import annotations
@@ -106,7 +106,7 @@ def _sealed(hparams: Mapping[str, Any], tag: Any) -> bool:
 def read_export(path: Path) -> ModelFile:
     """`<name>.safetensors` with `<name>.json` (written by `medclass-export format=safetensors`): the description,
     then the header's names, dtypes and shapes against the network it describes, then only those tensors."""
-    from medclass.eval import operating_file
+    from medclass.module import operating_file
     from medclass.untrusted.files import read_json
 
     if not path.exists() and not path.is_symlink():

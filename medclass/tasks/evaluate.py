@@ -27,7 +27,7 @@ log = logging.getLogger("medclass")
 
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
     """Evaluate a checkpoint on one split with the data config it was trained with (plus overrides)."""
-    from medclass.eval import operating_file
+    from medclass.module import operating_file
     from medclass.module.checkpoint import classifier_from, read_model_file
 
     # the file, the operating file beside it and the data it names are checked before Lightning is imported
@@ -148,7 +148,7 @@ def make_report(cfg: DictConfig, module: Classifier, datamodule: ClassificationD
         parts.append(("external", entry, text, {}))
     sections.add_sections(out, report, info, parts)
     if val is not None:  # fitted on validation: what predict.py and export.py apply to new images
-        from medclass.eval import operating_file
+        from medclass.module import operating_file
 
         thresholds = {name: p["threshold"] for name, p in report.get("operating_points", {}).items()
                       if p["chosen_on"] == "val"}

@@ -19,8 +19,8 @@ from medclass.logger import log_final_hparams, log_run_files, tracked_run
 from medclass.model import pretrained_normalization
 from medclass.module import Classifier
 from medclass.module.classifier import to_plain as plain
-from medclass.module.resume import Resume
 from medclass.tasks.build import build_trainer, instantiate_all, scalars
+from medclass.tasks.resume import Resume
 from medclass.utils.errors import MedclassError
 from medclass.utils.io import write_json, write_text
 from medclass.utils.logs import one_console
@@ -39,11 +39,11 @@ def refuse_to_overwrite(cfg: DictConfig) -> None:
 
 
 def check_resume_checkpoint(cfg: DictConfig) -> Resume | None:
-    """`ckpt_path=` must name a checkpoint whose every part passes `medclass.module.resume.check_resume`
+    """`ckpt_path=` must name a checkpoint whose every part passes `medclass.tasks.resume.check_resume`
     (the reading eval.py does, then loops, callbacks, optimizer, scheduler and generator states as data) before
     anything is built; `train=false` needs one (it would test random weights otherwise). None: nothing to resume
     (no ckpt_path, or `last` before the run wrote one: Lightning would start afresh too)."""
-    from medclass.module.resume import check_resume
+    from medclass.tasks.resume import check_resume
 
     if not cfg.train and cfg.ckpt_path is None:
         raise MedclassError("train=false tests a trained model: add ckpt_path=<run>/checkpoints/<file>.ckpt "

@@ -53,8 +53,8 @@ CONSOLE_LIMIT = 5000
 
 def console_text(text: Any, limit: int = CONSOLE_LIMIT) -> str:
     """`text` as one console line: control characters (escape sequences, newlines) and bidirectional overrides
-    escaped by `medclass.untrusted.files.printable`, so what a file or a message holds cannot drive the terminal."""
-    from medclass.untrusted.files import printable
+    escaped by `medclass.utils.text.printable`, so what a file or a message holds cannot drive the terminal."""
+    from medclass.utils.text import printable
 
     return printable(text, limit)
 
