@@ -105,3 +105,45 @@ def test_predict_refers_images_below_the_saved_threshold(clinical_run: tuple[Pat
     for row in rows:  # the uncalibrated confidence against the threshold chosen on validation
         assert (row["decision"] == "refer") == (float(row["confidence"]) < threshold - 1e-6), row
         assert row["decision"] in ("refer", row["class"])
+
+
+def eval_options(tmp_path: Path, *overrides: str):
+    from medclass.eval.options import EvalOptions
+
+    from .conftest import compose_train
+
+    return EvalOptions.from_config(compose_train(["ckpt_path=x.ckpt", *overrides], tmp_path, config_name="eval"))
+
+
+def test_bootstrap_means_the_same_in_every_section(tmp_path: Path) -> None:
+    """`bootstrap` is one option for every interval: 0 turns the subgroups' intervals off too (they once drew
+    1000 resamples whatever it said), and a positive count is what the subgroups resample."""
+    from medclass.eval.sections import subgroup_section
+
+    rng = np.random.default_rng(0)
+    labels = np.arange(80) % 2
+    probs = np.stack([1 - (p := np.clip(labels * 0.6 + rng.random(80) * 0.4, 0, 1)), p], 1)
+    rows = [{"site": "a" if i % 3 else "b"} for i in range(80)]
+    info = {"task": "binary-class", "class_names": ["no", "yes"]}
+    for count in (0, 50):
+        opts = eval_options(tmp_path, f"bootstrap={count}", "subgroups=[site]", "subgroup_min_count=10")
+        assert opts.bootstrap == count
+        result, markdown, _ = subgroup_section(opts, {}, info, probs, labels, rows)
+        accuracy = result["overall"]["metrics"]["accuracy"]
+        assert result["resamples"] == count and (accuracy["low"] is None) == (count == 0)
+        assert ("[" in markdown.split("| **all** |")[1].splitlines()[0]) == (count > 0)
+        assert ("bootstrap=0: no intervals" in markdown) == (count == 0)
+
+
+@pytest.mark.parametrize(("override", "message"), [
+    ("bootstrap=-1", "bootstrap=-1: expected a whole number, at least 0"),
+    ("ece_bins=0", "ece_bins=0: expected a whole number, at least 1"),
+    ("operating_point.sensitivity=1.5", "operating_point.sensitivity=1.5 is not a number in (0, 1]"),
+    ("abstain.accuracy=0", "abstain.accuracy=0 is not a number in (0, 1]"),
+])
+def test_a_bad_eval_option_is_one_line_naming_it(tmp_path: Path, override: str, message: str) -> None:
+    from medclass.utils.errors import MedclassError
+
+    with pytest.raises(MedclassError) as raised:
+        eval_options(tmp_path, override)
+    assert message in str(raised.value) and "\n" not in str(raised.value)

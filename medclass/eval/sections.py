@@ -16,8 +16,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import OmegaConf
 
+from medclass.eval.options import EvalOptions
 from medclass.utils.errors import MedclassError
 from medclass.utils.io import save_figure, write_csv, write_json, write_text
 
@@ -73,37 +74,26 @@ def saved_threshold(report: Mapping[str, Any]) -> float | None:
     return float(youden["threshold"]) if youden and youden.get("chosen_on") == "val" else 0.5
 
 
-def subgroup_section(cfg: DictConfig, report: dict[str, Any], data_info: Mapping[str, Any], probs: np.ndarray,
+def subgroup_section(opts: EvalOptions, report: dict[str, Any], data_info: Mapping[str, Any], probs: np.ndarray,
                      labels: np.ndarray, rows: list[dict[str, str]]) -> tuple[dict[str, Any], str, dict[str, Any]]:
     from medclass.eval.subgroups import forest_figure, subgroup_markdown, subgroup_report
 
-    columns, groups = subgroup_columns(list(cfg.subgroups), _plain(cfg.get("subgroup_bins") or {}), rows)
+    columns, groups = subgroup_columns(list(opts.subgroups), opts.subgroup_bins, rows)
     result = subgroup_report(probs, labels, data_info["task"], columns, groups, saved_threshold(report),
-                             int(cfg.get("subgroup_min_count", 30)), int(cfg.get("bootstrap", 1000) or 1000),
-                             int(cfg.get("bootstrap_seed", 0)), class_names=list(data_info["class_names"]))
+                             opts.subgroup_min_count, opts.bootstrap, opts.bootstrap_seed,
+                             class_names=list(data_info["class_names"]))
     figures = {f"forest_{column}": forest_figure(result, column) for column in columns}
     return result, subgroup_markdown(result), figures
 
 
 # -- selective prediction -----------------------------------------------------------------------------------
-def abstain_targets(cfg: DictConfig) -> tuple[float | None, float | None]:
-    accuracy = OmegaConf.select(cfg, "abstain.accuracy", default=None)
-    coverage = OmegaConf.select(cfg, "abstain.coverage", default=None)
-    for name, value in (("accuracy", accuracy), ("coverage", coverage)):
-        if value is not None and not (isinstance(value, (int, float)) and 0 < float(value) <= 1):
-            raise MedclassError(f"abstain.{name}={value!r} is not a number in (0, 1]; e.g. abstain.{name}=0.9")
-    if accuracy is not None and coverage is not None:
-        raise MedclassError("give one of abstain.accuracy and abstain.coverage, not both")
-    return accuracy, coverage
-
-
-def selective_section(cfg: DictConfig, task: str, probs: np.ndarray, labels: np.ndarray,
+def selective_section(opts: EvalOptions, task: str, probs: np.ndarray, labels: np.ndarray,
                       val: tuple[np.ndarray, np.ndarray] | None
                       ) -> tuple[dict[str, Any], str, dict[str, Any], dict[str, Any] | None]:
     """(report entry, markdown, figures, the `abstain` record for operating.json or None)."""
     from medclass.eval.selective import risk_coverage_figure, selective_markdown, selective_prediction
 
-    accuracy, coverage = abstain_targets(cfg)
+    accuracy, coverage = opts.abstain_targets
     result = selective_prediction(probs, labels, task, val=val, accuracy=accuracy, coverage=coverage)
     curve, chosen, applied = result["curve"], result["chosen"], result["applied"]
     point = {**applied, "threshold": chosen["threshold"]} if chosen and applied else None
@@ -116,11 +106,11 @@ def selective_section(cfg: DictConfig, task: str, probs: np.ndarray, labels: np.
         record = {"threshold": float(chosen["threshold"]), "target": kind, "value": float(value),
                   "val_coverage": float(chosen["val_coverage"]), "reached": bool(chosen["reached"]),
                   "val_accuracy": None if chosen["val_accuracy"] is None else float(chosen["val_accuracy"])}
-    return entry, selective_markdown(curve, chosen, applied, cfg.split), figures, record
+    return entry, selective_markdown(curve, chosen, applied, opts.split), figures, record
 
 
 # -- external validation ------------------------------------------------------------------------------------
-def external_section(cfg: DictConfig, module: Any, device: Any, internal: tuple[np.ndarray, np.ndarray] | None,
+def external_section(opts: EvalOptions, module: Any, device: Any, internal: tuple[np.ndarray, np.ndarray] | None,
                      out: Path) -> tuple[dict[str, Any], str]:
     """Score `external.root` with the checkpoint (its preprocessing, its test-time views) and write
     `external_predictions.csv`; the internal test split, mapped the same way, stands beside it."""
@@ -128,12 +118,11 @@ def external_section(cfg: DictConfig, module: Any, device: Any, internal: tuple[
     from medclass.module.scoring import TorchModel
 
     model = TorchModel(module, device=str(device))
-    summary, rows = evaluate_external(model, cfg.external.root, _plain(cfg.external.get("class_map")), internal,
-                                      n_resamples=int(cfg.get("bootstrap", 1000) or 0),
-                                      seed=int(cfg.get("bootstrap_seed", 0)), progress=True)
+    summary, rows = evaluate_external(model, opts.external_root, opts.external_class_map, internal,
+                                      n_resamples=opts.bootstrap, seed=opts.bootstrap_seed, progress=True)
     write_csv(out / "external_predictions.csv", rows)
     log.info("external validation: %d images of %s, accuracy %.4f", summary["external"]["images"],
-             cfg.external.root, summary["external"]["metrics"]["accuracy"])
+             opts.external_root, summary["external"]["metrics"]["accuracy"])
     return summary, external_markdown(summary)
 
 

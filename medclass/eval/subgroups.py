@@ -183,9 +183,9 @@ def _check_inputs(probs: np.ndarray, labels: np.ndarray, task: str, columns: dic
     if groups is not None and len(groups) != n:
         raise MedclassError(f"subgroup report: {len(groups)} patient ids for {n} scored images; take the groups "
                             f"from the same split as the predictions")
-    if min_count < 1 or n_resamples < 1 or not 0 < level < 1:
-        raise MedclassError(f"subgroup report: min_count={min_count} and n_resamples={n_resamples} must be at least 1 "
-                            f"and level={level} between 0 and 1")
+    if min_count < 1 or n_resamples < 0 or not 0 < level < 1:
+        raise MedclassError(f"subgroup report: min_count={min_count} must be at least 1, n_resamples={n_resamples} "
+                            f"at least 0 (0: no intervals) and level={level} between 0 and 1")
 
 
 def _row(value: str, index: np.ndarray, labels: np.ndarray, task: str, groups: np.ndarray | None,
@@ -298,6 +298,8 @@ def _f(value: float | None) -> str:
 def _ci(cell: dict[str, float | None]) -> str:
     if cell["estimate"] is None:
         return "–"
+    if cell["low"] is None and cell["high"] is None:  # bootstrap=0: no intervals
+        return _f(cell["estimate"])
     return f"{_f(cell['estimate'])} [{_f(cell['low'])}, {_f(cell['high'])}]"
 
 
@@ -336,10 +338,13 @@ def subgroup_markdown(report: dict[str, Any]) -> str:
     patients = report["resampled"] == "patients"
     unit = "patients" if patients else "images (patients unknown)"
     header = ["subgroup", "images"] + (["patients"] if patients else []) + ["prevalence"]
-    header += [f"{LABELS[m]} [CI]" for m in report["metrics"]]
+    intervals = report["resamples"] > 0
+    header += [f"{LABELS[m]}{' [CI]' if intervals else ''}" for m in report["metrics"]]
+    method = (f"{report['level']:.0%} percentile intervals from {report['resamples']} bootstrap resamples of the "
+              f"{unit}, seed {report['seed']}, shared by every subgroup and gap" if intervals else
+              "Point estimates only (bootstrap=0: no intervals)")
     lines = ["## Subgroups", "",
-             f"{report['level']:.0%} percentile intervals from {report['resamples']} bootstrap resamples of the "
-             f"{unit}, seed {report['seed']}, shared by every subgroup and gap; subgroups under "
+             f"{method}; subgroups under "
              f"{report['min_count']} images are not scored."
              + (f" Sensitivity and specificity at the saved operating point {report['threshold']:g}."
                 if report["threshold"] is not None else "")]

@@ -15,6 +15,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from medclass.data import registry as data_registry
+from medclass.eval.options import EvalOptions
 from medclass.utils.errors import MedclassError
 from medclass.utils.io import write_json
 
@@ -31,6 +32,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     from medclass.module.checkpoint import classifier_from, read_model_file
 
     # the file, the operating file beside it and the data it names are checked before Lightning is imported
+    opts = EvalOptions.from_config(cfg)  # every option checked before anything is read
     model_file = read_model_file(cfg.ckpt_path)
     operating_file.check_existing(cfg.ckpt_path)
     description, machine = data_description(model_file.hparams, model_file.sealed, cfg)
@@ -39,21 +41,22 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
 
     datamodule = data_registry.build(description, **machine)
     datamodule.prepare_data()
-    check_same_split(module.hparams.data_info.get("split_key"), datamodule.info.split_key, cfg)
-    module.eval_split = cfg.split
-    if cfg.get("tta"):
-        module.tta = cfg.tta
+    check_same_split(module.hparams.data_info.get("split_key"), datamodule.info.split_key, cfg.ckpt_path,
+                     opts.split_check)
+    module.eval_split = opts.split
+    if opts.tta:
+        module.tta = opts.tta
     from medclass.eval.report import KeepTestOutputs
 
     kept = KeepTestOutputs()
     trainer = build_trainer(cfg, logger=False, callbacks=[kept])
-    results = scalars(trainer.test(module, dataloaders=datamodule.split_dataloader(cfg.split)))
+    results = scalars(trainer.test(module, dataloaders=datamodule.split_dataloader(opts.split)))
     out = Path(cfg.paths.output_dir)
-    payload = {cfg.split: results, "checkpoint": str(cfg.ckpt_path), "split_key": datamodule.info.split_key}
+    payload = {opts.split: results, "checkpoint": str(cfg.ckpt_path), "split_key": datamodule.info.split_key}
     write_json(out / "metrics.json", payload)
     log.info("metrics: %s", out / "metrics.json")
-    if cfg.get("report", True):
-        make_report(cfg, module, datamodule, out, trainer.strategy.root_device, *kept.arrays())
+    if opts.report:
+        make_report(cfg, opts, module, datamodule, out, trainer.strategy.root_device, *kept.arrays())
     return payload
 
 
@@ -96,55 +99,53 @@ def check_named_paths(described: dict[str, Any], overrides: dict[str, Any], seal
                             "(docs/reliability.md#whose-paths-a-model-file-may-name)")
 
 
-def check_same_split(trained: str | None, now: str, cfg: DictConfig) -> None:
+def check_same_split(trained: str | None, now: str, checkpoint: str, refuse: bool) -> None:
     """The split being scored must be the one the model was trained with: new files under the data root
     would otherwise move training images into the test split without a word."""
     if not trained or trained == now:
         return
-    message = (f"the data now give split key {now}, but {cfg.ckpt_path} was trained on split {trained} (files "
+    message = (f"the data now give split key {now}, but {checkpoint} was trained on split {trained} (files "
                "added, removed or renamed, or other split settings); point data.root at the training data")
-    if cfg.get("split_check", True):
+    if refuse:
         raise MedclassError(message + ", or pass split_check=false to score the new split anyway")
     log.warning("%s; scoring the new split (split_check=false)", message)
 
 
-def make_report(cfg: DictConfig, module: Classifier, datamodule: ClassificationDataModule, out: Path,
-                device: torch.device, probs: np.ndarray, labels: np.ndarray) -> None:
+def make_report(cfg: DictConfig, opts: EvalOptions, module: Classifier, datamodule: ClassificationDataModule,
+                out: Path, device: torch.device, probs: np.ndarray, labels: np.ndarray) -> None:
     """report.json, per_class.csv, figures and report.md from the test pass's probabilities; the
     temperature is fitted on validation only (one more pass, over val)."""
     from medclass.eval import sections
     from medclass.eval.report import collect, write_predictions, write_report
 
     module.to(device)
-    calibrate = cfg.get("calibrate", True)
+    calibrate = opts.calibrate
     binary = module.hparams.data_info["task"] == "binary-class"  # operating points are chosen on val
     # fitting a temperature or a threshold on the split it scores would flatter it: never on val itself
-    abstain = sections.abstain_targets(cfg)
-    needs_val = cfg.split != "val" and (calibrate or binary or any(t is not None for t in abstain))
+    needs_val = opts.split != "val" and (calibrate or binary or any(t is not None for t in opts.abstain_targets))
     val = collect(module, datamodule.split_dataloader("val"), "val") if needs_val else None
     ckpt = Path(cfg.ckpt_path)
     info = module.hparams.data_info
     run_dir = ckpt.parent.parent if ckpt.parent.name == "checkpoints" else None
     report = write_report(
-        out, split=cfg.split, probs=probs, labels=labels, data_info=module.hparams.data_info, checkpoint=str(ckpt),
+        out, split=opts.split, probs=probs, labels=labels, data_info=module.hparams.data_info, checkpoint=str(ckpt),
         medmnist=module.hparams.data_cfg["kind"] == "medmnist", val=val,
-        n_bins=cfg.get("ece_bins", 15), calibrate=calibrate,
-        run_dir=run_dir, bootstrap=cfg.get("bootstrap", 1000), bootstrap_seed=cfg.get("bootstrap_seed", 0),
-        target_sensitivity=OmegaConf.select(cfg, "operating_point.sensitivity", default=0.95))
-    items = datamodule.split_items(cfg.split)
+        n_bins=opts.ece_bins, calibrate=calibrate, run_dir=run_dir, bootstrap=opts.bootstrap,
+        bootstrap_seed=opts.bootstrap_seed, target_sensitivity=opts.sensitivity)
+    items = datamodule.split_items(opts.split)
     write_predictions(out / "predictions.csv", items, datamodule.item_columns, probs, labels, info)
     parts: list[sections.Section] = []
-    if cfg.get("subgroups"):
-        entry, text, figures = sections.subgroup_section(cfg, report, info, probs, labels,
+    if opts.subgroups:
+        entry, text, figures = sections.subgroup_section(opts, report, info, probs, labels,
                                                          [datamodule.item_columns(i) for i in items])
         parts.append(("subgroups", entry, text, figures))
     abstain_record = None
     if info["task"] != "multi-label":
-        entry, text, figures, abstain_record = sections.selective_section(cfg, info["task"], probs, labels, val)
+        entry, text, figures, abstain_record = sections.selective_section(opts, info["task"], probs, labels, val)
         parts.append(("selective", entry, text, figures))
-    if OmegaConf.select(cfg, "external.root"):
-        entry, text = sections.external_section(cfg, module, device, (probs, labels) if cfg.split == "test" else None,
-                                                out)
+    if opts.external_root:
+        entry, text = sections.external_section(opts, module, device,
+                                                (probs, labels) if opts.split == "test" else None, out)
         parts.append(("external", entry, text, {}))
     sections.add_sections(out, report, info, parts)
     if val is not None:  # fitted on validation: what predict.py and export.py apply to new images
@@ -154,7 +155,7 @@ def make_report(cfg: DictConfig, module: Classifier, datamodule: ClassificationD
                       if p["chosen_on"] == "val"}
         operating_file.save(ckpt, report["calibration"].get("temperature"), thresholds, info.get("split_key", ""),
                             abstain_record)
-    if cfg.get("model_card", True):
+    if opts.model_card:
         from medclass.eval.model_card import write_model_card
 
         card = write_model_card(out, ckpt, dict(module.hparams), report, run_dir,
