@@ -13,7 +13,6 @@ import os
 from pathlib import Path
 from typing import Any
 
-import timm
 from torch import nn
 
 from medclass.utils.errors import MedclassError
@@ -23,6 +22,8 @@ SUFFIXES = (".safetensors", ".pth", ".pt", ".bin")
 
 
 def _check_name(name: str) -> None:
+    import timm  # here, not at the top: training the small CNN or predicting never loads timm (about 1 s)
+
     if not timm.is_model(name):
         close = timm.list_models(f"*{name.split('_')[0]}*")[:12]
         raise MedclassError(f"model.name={name!r} is not a timm model; similar names: {', '.join(close) or 'none'}")
@@ -54,6 +55,8 @@ def timm_model(
         options.update(pretrained=True, pretrained_cfg_overlay={"file": str(path)})
     elif pretrained:
         options["pretrained"] = True
+    import timm
+
     try:
         model = timm.create_model(name, **options)
     except Exception as err:  # never fall back to random weights when weights were asked for
@@ -103,6 +106,8 @@ def local_weights(name: str) -> str | None:
 
 def _check_file_covers(model: nn.Module, path: str, name: str) -> None:
     """timm loads with strict=False once the head is replaced, which would leave unmatched layers random."""
+    import timm
+
     state = timm.models.load_state_dict(path, weights_only=True)
     heads = model.pretrained_cfg.get("classifier") or ()
     heads = (heads,) if isinstance(heads, str) else tuple(heads)
@@ -126,6 +131,8 @@ def pretrained_normalization(model_cfg: Any) -> tuple[list[float], list[float]] 
     if not target.endswith("timm_model") or not (model_cfg.get("pretrained") or model_cfg.get("weights")):
         return None
     _check_name(model_cfg["name"])
+    import timm
+
     cfg = timm.get_pretrained_cfg(model_cfg["name"])
     if cfg is None:
         return None

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from timm.utils.model import freeze
 from torch import nn
 
 from medclass.utils.errors import MedclassError
@@ -69,4 +68,6 @@ def freeze_named_layers(net: nn.Module, names: Sequence[str]) -> None:
             f"module.freeze_layers: {type(net).__name__} has no layer {', '.join(map(repr, unknown))}; "
             f"its top-level layers are {top}" + (f" (deeper ones by dotted name, e.g. {deeper})" if deeper else "")
         )
+    from timm.utils.model import freeze  # timm (and what it imports) loads only when layers are frozen
+
     freeze(net, list(names))
