@@ -27,7 +27,6 @@ from pathlib import Path
 import pytest
 from hydra import compose, initialize_config_dir
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
-from hydra._internal.utils import get_args_parser
 from hydra.core.override_parser.overrides_parser import OverridesParser
 
 from medclass.utils import cli
@@ -124,10 +123,10 @@ def test_a_documented_command_runs_as_typed(where: str, text: str, home: Path, m
             cli.check_command_line(argv)
         except SystemExit:
             pytest.fail(f"{where}: {text}\n{capsys.readouterr().err}")
-        args = get_args_parser().parse_args(argv)
-        overrides = OverridesParser.create().parse_overrides(args.overrides)
+        given, multirun = cli.hydra_overrides(argv)
+        overrides = OverridesParser.create().parse_overrides(given)
         jobs = [job for batch in BasicSweeper.split_arguments(overrides, None) for job in batch] \
-            if args.multirun else [args.overrides]
+            if multirun else [given]
         for job in jobs:
             with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
                 cfg = compose(config_name=config, overrides=job, return_hydra_config=True)

@@ -168,3 +168,23 @@ def test_the_console_says_each_thing_once(blood_run: Path) -> None:
     assert "Tip" not in console and "LeafSpec" not in console and "Total FLOPs: 0 " not in console
     assert re.search(r"Total FLOPs: [\d.]+ M", console)  # computed for real, on one example image
     assert "data bloodmnist (multi-class, 8 classes, 3 channels) | model SimpleCNN" in console
+
+
+def test_medclass_reads_the_command_line_with_hydras_own_flags() -> None:
+    """utils/cli.py splits a command line into Hydra's flags and overrides without Hydra's private parser; this
+    holds its flag table to that parser (the one place medclass looks at hydra._internal), so a Hydra release
+    that adds or changes a flag fails here."""
+    from hydra._internal.utils import get_args_parser
+
+    from medclass.utils import cli
+
+    actions = [a for a in get_args_parser()._actions if a.option_strings]
+    takes = {flag for a in actions if a.nargs is None for flag in a.option_strings}
+    optional = {flag for a in actions if a.nargs == "?" for flag in a.option_strings}
+    switches = {flag for a in actions if a.nargs == 0 for flag in a.option_strings}
+    assert (takes, optional, switches) == (cli.HYDRA_VALUE_FLAGS, cli.HYDRA_OPTIONAL_VALUE_FLAGS, cli.HYDRA_SWITCHES)
+    for argv in (["-m", "model=cnn,resnet18", "seed=1"], ["--cfg", "job", "data=folder"], ["-cn", "eval", "split=val"],
+                 ["-i", "defaults", "x=1"], ["--info", "-m", "a=1"], ["a=1", "--resolve"]):
+        args = get_args_parser().parse_args(argv)
+        assert cli.hydra_overrides(argv) == (args.overrides, bool(args.multirun)), argv
+    assert cli.hydra_overrides(["--no-such-flag", "a=1"]) is None

@@ -247,19 +247,53 @@ def expand_home(argv: Sequence[str]) -> list[str]:
     return out
 
 
+# The command-line flags of `hydra.main` (its argparse parser is private, hydra._internal.utils.get_args_parser):
+# those that take a value, the one whose value is optional, and switches. tests/test_train_cli.py holds these
+# sets equal to Hydra's own parser, so a Hydra release that changes its flags fails there, not here at run time.
+HYDRA_VALUE_FLAGS = frozenset({"--cfg", "-c", "--package", "-p", "--config-path", "-cp", "--config-name", "-cn",
+                               "--config-dir", "-cd", "--experimental-rerun"})
+HYDRA_OPTIONAL_VALUE_FLAGS = frozenset({"--info", "-i"})
+HYDRA_SWITCHES = frozenset({"--help", "-h", "--hydra-help", "--version", "--resolve", "--run", "-r", "--multirun", "-m",
+                            "--shell-completion", "-sc"})
+
+
+def hydra_overrides(argv: Sequence[str]) -> tuple[list[str], bool] | None:
+    """(the overrides, whether `-m`/`--multirun` is given) of a command line as `hydra.main` reads it; None when a
+    flag is not Hydra's (Hydra then reports it itself)."""
+    overrides: list[str] = []
+    multirun = False
+    args = list(argv)
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        if arg.startswith("-") and len(arg) > 1:
+            name, has_value = arg.split("=", 1)[0], "=" in arg
+            if name in ("--multirun", "-m"):
+                multirun = True
+            elif name in HYDRA_VALUE_FLAGS and not has_value:
+                i += 1  # its value
+            elif name in HYDRA_OPTIONAL_VALUE_FLAGS and not has_value:
+                i += 1 if i + 1 < len(args) and not args[i + 1].startswith("-") else 0  # argparse's nargs="?"
+            elif name not in HYDRA_SWITCHES | HYDRA_VALUE_FLAGS | HYDRA_OPTIONAL_VALUE_FLAGS:
+                return None
+        else:
+            overrides.append(arg)
+        i += 1
+    return overrides, multirun
+
+
 def check_grammar(argv: Sequence[str]) -> None:
     """An override Hydra cannot parse, or a sweep without `-m`, as one `error:` line with the fix; Hydra's
     own report is a grammar trace of several lines."""
-    from hydra._internal.utils import get_args_parser
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.errors import OverrideParseException
 
-    try:
-        args = get_args_parser().parse_args(list(argv))
-    except SystemExit:  # Hydra's own usage error: it prints that itself
+    parsed_line = hydra_overrides(argv)
+    if parsed_line is None:  # a flag Hydra does not know: it prints its own usage error
         return
+    overrides, multirun = parsed_line
     parser = OverridesParser.create()
-    for override in args.overrides:
+    for override in overrides:
         key, _, value = override.partition("=")
         quote = f"; quote the value inside the override, as '{key}=\"{value}\"'"
         try:
@@ -271,7 +305,7 @@ def check_grammar(argv: Sequence[str]) -> None:
             print("error: " + console_text(f"cannot read the override '{override}' "
                                            f"({detail.split(' expecting ')[0]}){hint}"), file=sys.stderr)
             sys.exit(2)
-        if parsed.is_sweep_override() and not args.multirun and not key.startswith(("hydra.", "+hydra.")):
+        if parsed.is_sweep_override() and not multirun and not key.startswith(("hydra.", "+hydra.")):
             print("error: " + console_text(f"'{override}' is a sweep: add -m to run one job per value, write a list "
                                            f"as {key}=[{value}], or keep it as text{quote}"), file=sys.stderr)
             sys.exit(2)
