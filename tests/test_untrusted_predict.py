@@ -302,13 +302,16 @@ class Outputs:
         return np.array([self.row] * len(x), dtype=np.float32)
 
 
-@pytest.mark.parametrize(("row", "task"), [([7.5, -3.0], "multi-class"), ([float("nan"), 0.5], "multi-label"),
-                                           ([0.5, float("inf")], "multi-class"), ([0.3, 0.3], "multi-class"),
-                                           ([1.5, 0.2], "multi-label")])
-def test_outputs_that_are_not_probabilities_stop_the_run(tmp_path: Path, row: list[float], task: str) -> None:
+@pytest.mark.parametrize(("row", "task", "why"), [
+    ([7.5, -3.0], "multi-class", r"values outside \[0, 1\] \(from -3 to 7.5\)"),
+    ([float("nan"), 0.5], "multi-label", "not finite"), ([0.5, float("inf")], "multi-class", "not finite"),
+    ([0.3, 0.3], "multi-class", "do not sum to 1"), ([1.5, 0.2], "multi-label", r"outside \[0, 1\]")])
+def test_outputs_that_are_not_probabilities_stop_the_run(tmp_path: Path, row: list[float], task: str,
+                                                         why: str) -> None:
+    """The one line names the model file, the batch and which rule the outputs broke."""
     files, _ = collect_inputs(grey_images(tmp_path / "in", 3))
     with pytest.raises(MedclassError, match=r"onnx_path=stranger.onnx gave 3 x 2 outputs that are not "
-                                            r"probabilities \(finite numbers in \[0, 1\]"):
+                                            rf"probabilities \(.*{why}"):
         predict_images(Outputs(row, task), files)
 
 

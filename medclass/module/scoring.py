@@ -31,6 +31,7 @@ from medclass.augment.normalize import to_input
 from medclass.data.decode import decode_resized
 from medclass.module.checkpoint import largest_activation, model_meta
 from medclass.module.tta import tta_views
+from medclass.untrusted.outputs import probability_problem
 from medclass.utils.errors import MedclassError
 from medclass.utils.extras import MissingExtra
 
@@ -195,13 +196,9 @@ def check_probabilities(probs: Any, kept: Sequence[Path], meta: dict[str, Any], 
     ONNX graph can return anything: either would be written as a confident prediction with exit code 0."""
     array = np.asarray(probs)
     classes = len(meta["class_names"])
-    good = (array.shape == (len(kept), classes) and array.dtype.kind == "f" and bool(np.isfinite(array).all())
-            and float(array.min()) >= -1e-6 and float(array.max()) <= 1 + 1e-6)
-    if good and meta["task"] != "multi-label":
-        good = float(np.abs(array.sum(axis=1, dtype=np.float64) - 1).max()) <= 1e-3
-    if not good:
-        rule = "finite numbers in [0, 1]" + ("" if meta["task"] == "multi-label" else " summing to 1 per image")
-        raise MedclassError(f"{source} gave {len(kept)} x {classes} outputs that are not probabilities ({rule}) for "
+    problem = probability_problem(array, len(kept), classes, meta["task"])
+    if problem:
+        raise MedclassError(f"{source} gave {len(kept)} x {classes} outputs that are not probabilities ({problem}) for "
                             f"the batch starting at {kept[0]}; its weights overflow or are damaged: use another "
                             "model file, or retrain or export it again")
     return array

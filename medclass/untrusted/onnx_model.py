@@ -71,6 +71,7 @@ from typing import Any
 import numpy as np
 
 from medclass.untrusted.files import MiB, printable, read_bytes
+from medclass.untrusted.outputs import probability_problem
 from medclass.utils.errors import MedclassError
 
 GiB = 1024 * MiB
@@ -676,19 +677,11 @@ def budget_bytes() -> int:
 
 
 def check_probabilities(out: Any, batch: int, classes: int, task: str, source: str) -> np.ndarray:
-    """`out` when it is float32 probabilities of shape (batch, classes): finite, in [0, 1], and rows summing to
-    1 unless the task is multi-label; otherwise one line naming `source`."""
-    expected = (batch, classes)
-    if not isinstance(out, np.ndarray) or out.dtype != np.float32 or out.shape != expected:
-        shown = f"{out.dtype} of shape {out.shape}" if isinstance(out, np.ndarray) else "not an array"
-        raise UnsafeGraph(f"{source} returned {shown}, not float32 probabilities of shape {expected}")
-    if not np.isfinite(out).all():
-        raise UnsafeGraph(f"{source} returned values that are not finite (NaN or infinity), not probabilities")
-    if out.size and (out.min() < -1e-6 or out.max() > 1 + 1e-6):
-        raise UnsafeGraph(f"{source} returned values outside [0, 1] (from {out.min():.3g} to {out.max():.3g}), "
-                          "not probabilities")
-    if task != "multi-label" and out.size and np.abs(out.sum(axis=1, dtype=np.float64) - 1).max() > 1e-3:
-        raise UnsafeGraph(f"{source} returned rows that do not sum to 1 ({task}: one probability per class)")
+    """`out` when it is float32 probabilities of shape (batch, classes) (`outputs.probability_problem`);
+    otherwise one line naming `source`."""
+    problem = probability_problem(out, batch, classes, task, float32_only=True)
+    if problem:
+        raise UnsafeGraph(f"{source} returned {problem}, not probabilities")
     return out
 
 
