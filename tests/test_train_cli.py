@@ -188,3 +188,11 @@ def test_medclass_reads_the_command_line_with_hydras_own_flags() -> None:
         args = get_args_parser().parse_args(argv)
         assert cli.hydra_overrides(argv) == (args.overrides, bool(args.multirun)), argv
     assert cli.hydra_overrides(["--no-such-flag", "a=1"]) is None
+
+
+@pytest.mark.parametrize("script", ["train.py", "eval.py", "predict.py", "export.py", "prepare.py"])
+def test_help_names_the_command_and_where_its_options_are_documented(script: str) -> None:
+    proc = run_script(script, "--help")
+    command = "medclass-" + {"eval.py": "eval"}.get(script, script.removesuffix(".py"))
+    assert proc.returncode == 0 and proc.stdout.startswith(f"{command} (python {script})"), proc.stdout[:300]
+    assert "docs/configuration.md" in proc.stdout and "powered by Hydra" not in proc.stdout
