@@ -15,7 +15,7 @@ Where things are (each config group in `conf/` has the package of the same name)
     utils/                       errors, command-line checks, DDP under Hydra, file writes, optional extras
 
 A new dataset goes in data/ (+ conf/data/<name>.yaml), a network in model/ (+ conf/model/), a callback
-in callbacks/ (+ an entry in conf/callbacks/), a metric in module/tasks.py (training) or eval/metrics.py
+in callbacks/ (+ an entry in conf/callbacks/), a metric in module/task_kinds.py (training) or eval/metrics.py
 (reports). docs/development.md has the longer version.
 
 Importing `medclass` loads nothing heavy: the commands start in well under a second on a typo.

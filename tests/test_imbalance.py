@@ -12,7 +12,7 @@ from sklearn.utils.class_weight import compute_class_weight
 
 from medclass.data import MedMNISTDataModule
 from medclass.module.losses import class_weights, make_loss
-from medclass.module.tasks import make_metrics
+from medclass.module.task_kinds import make_metrics
 from medclass.tasks.train import train
 from medclass.utils.errors import MedclassError
 

@@ -17,7 +17,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from medclass.eval.calibration import apply_temperature, ece, fit_temperature
 from medclass.eval.metrics import OFFICIAL_TASK, classification_metrics, official
-from medclass.module.tasks import make_metrics
+from medclass.module.task_kinds import make_metrics
 
 from .conftest import run_script
 

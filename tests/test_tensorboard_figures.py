@@ -11,7 +11,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from medclass.callbacks import ConfusionMatrixImage, WorstMistakes
-from medclass.callbacks.figures import image_grid, to_rgb
+from medclass.callbacks.tensorboard import image_grid, to_rgb
 from medclass.eval.figures import confusion_figure
 
 from .conftest import FAST, write_npz

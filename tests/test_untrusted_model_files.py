@@ -54,7 +54,7 @@ def _trusted_outputs(path: Path) -> torch.Tensor:
     probabilities for a blank and a random image. The harm a file does when nothing checks its numbers."""
     from medclass.module.checkpoint import build_classifier
     from medclass.module.hparams import validate
-    from medclass.module.tasks import probabilities
+    from medclass.module.task_kinds import probabilities
 
     ckpt = torch.load(path, map_location="cpu", weights_only=True)
     module = build_classifier(validate(ckpt["hyper_parameters"], "x"))

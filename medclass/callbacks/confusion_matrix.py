@@ -16,7 +16,7 @@ from typing import Any
 import lightning as L
 from torchmetrics.classification import MulticlassConfusionMatrix
 
-from medclass.callbacks.figures import tensorboard_writers, to_rgb
+from medclass.callbacks.tensorboard import tensorboard_writers, to_rgb
 from medclass.eval.figures import confusion_figure
 
 log = logging.getLogger("medclass")

@@ -16,7 +16,7 @@ from typing import Any
 import lightning as L
 import torch
 
-from medclass.callbacks.figures import image_grid, tensorboard_writers
+from medclass.callbacks.tensorboard import image_grid, tensorboard_writers
 from medclass.eval.figures import short
 
 log = logging.getLogger("medclass")

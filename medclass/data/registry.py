@@ -213,7 +213,7 @@ def kind_for_target(target: Any, where: str) -> str:
         if target in kind.targets:
             return kind_name
     known = ", ".join(f"{n} ({k.targets[0]})" for n, k in KINDS.items())
-    raise s.Invalid(f"{where}._target_={s._show(target)} is not one of medclass's data kinds: {known}")
+    raise s.Invalid(f"{where}._target_={s.show(target)} is not one of medclass's data kinds: {known}")
 
 
 def describe(cfg: Mapping[str, Any], where: str = "data_cfg", from_file: bool = False) -> dict[str, Any]:
@@ -229,7 +229,7 @@ def describe(cfg: Mapping[str, Any], where: str = "data_cfg", from_file: bool = 
     if "kind" in cfg:
         kind_name = cfg.pop("kind")
         if not isinstance(kind_name, str) or kind_name not in KINDS:
-            raise s.Invalid(f"{where}.kind={s._show(kind_name)} is not a data kind ({', '.join(KINDS)})")
+            raise s.Invalid(f"{where}.kind={s.show(kind_name)} is not a data kind ({', '.join(KINDS)})")
     elif "_target_" in cfg:
         kind_name = kind_for_target(cfg.pop("_target_"), where)
     else:

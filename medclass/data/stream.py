@@ -239,7 +239,7 @@ def _rows(meta: dict[str, Any]) -> None:
     """Every row of the split table: its index once, a known split and label, the counts the file states."""
     columns, rows, info = meta["columns"], meta["rows"], meta["info"]
     if list(columns[:len(BASE_COLUMNS)]) != list(BASE_COLUMNS) or len(set(columns)) != len(columns):
-        raise s.Invalid(f"columns={s._show(columns)}: expected {', '.join(BASE_COLUMNS)} first, each name once")
+        raise s.Invalid(f"columns={s.show(columns)}: expected {', '.join(BASE_COLUMNS)} first, each name once")
     if not isinstance(rows, list) or len(rows) > MAX_ROWS:
         raise s.fail("rows", rows, f"a list of at most {MAX_ROWS} rows")
     names = info["class_names"]

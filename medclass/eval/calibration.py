@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from medclass.module.tasks import probabilities
+from medclass.module.task_kinds import probabilities
 
 EPS = 1e-7
 T_RANGE = (0.05, 20.0)

@@ -34,7 +34,7 @@ SINGLE_ANSWER_TASKS = ("binary-class", "multi-class", "ordinal-regression")
 def confidence(probs: np.ndarray, task: str) -> np.ndarray:
     """The probability of the class the model answers (`metrics.predictions` takes the argmax).
 
-    Binary sets have two softmax columns like every other single-label set (see `medclass.module.tasks`),
+    Binary sets have two softmax columns like every other single-label set (see `medclass.module.task_kinds`),
     so the largest column is the predicted class's probability for binary and multi-class alike.
     """
     if task == "multi-label":

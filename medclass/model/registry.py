@@ -87,7 +87,7 @@ def arch_for_target(target: Any, where: str) -> str:
             if target in arch.targets:
                 return arch_name
     known = ", ".join(f"{n} ({a.targets[0]})" for n, a in ARCHITECTURES.items())
-    raise s.Invalid(f"{where}._target_={s._show(target)} is not one of medclass's networks: {known}; a checkpoint can "
+    raise s.Invalid(f"{where}._target_={s.show(target)} is not one of medclass's networks: {known}; a checkpoint can "
                     "only name a registered network (docs/models.md \"Adding a network\")")
 
 
@@ -101,7 +101,7 @@ def describe(cfg: Mapping[str, Any], where: str = "net") -> dict[str, Any]:
         if not isinstance(arch_name, str):  # a dict or list is unhashable: `in` would raise TypeError
             raise s.fail(f"{where}.arch", arch_name, f"the name of a registered network ({', '.join(ARCHITECTURES)})")
         if arch_name not in ARCHITECTURES:
-            raise s.Invalid(f"{where}.arch={s._show(arch_name)} is not a registered network "
+            raise s.Invalid(f"{where}.arch={s.show(arch_name)} is not a registered network "
                             f"({', '.join(ARCHITECTURES)})")
     elif "_target_" in cfg:
         arch_name = arch_for_target(cfg.pop("_target_"), where)

@@ -226,7 +226,7 @@ def build_classifier(hparams: Mapping[str, Any]) -> Classifier:
 def load_weights(module: Classifier | Network, state: Mapping[str, torch.Tensor], source: str) -> None:
     """`state` (names, dtypes and shapes already checked) into `module`, strictly; then the numbers: finite in the
     network's dtype, non-negative variances, and finite outputs of a probe pass on two fixed images."""
-    from medclass.module.tasks import probabilities
+    from medclass.module.task_kinds import probabilities
 
     try:
         module.load_state_dict(state, strict=True)

@@ -21,7 +21,7 @@ from medclass.model import registry as model_registry
 from medclass.module.finetune import freeze_named_layers, set_backbone_frozen, split_parameters
 from medclass.module.losses import class_weights as weights_for
 from medclass.module.losses import make_loss
-from medclass.module.tasks import make_metrics
+from medclass.module.task_kinds import make_metrics
 from medclass.module.tta import averaged_probabilities, tta_views
 from medclass.utils.errors import MedclassError
 

@@ -16,7 +16,7 @@ from typing import Any
 from medclass.data import registry as data_registry
 from medclass.model import registry as model_registry
 from medclass.module.losses import LOSSES
-from medclass.module.tasks import TASKS
+from medclass.module.task_kinds import TASKS
 from medclass.module.tta import MODES
 from medclass.untrusted.tables import CLASS_NAME
 from medclass.utils import schema as s

@@ -8,7 +8,7 @@ from functools import partial
 import torch
 from torch.nn import functional as F
 
-from medclass.module.tasks import probabilities
+from medclass.module.task_kinds import probabilities
 from medclass.utils.errors import MedclassError
 
 View = Callable[[torch.Tensor], torch.Tensor]

@@ -27,7 +27,7 @@ from torch import nn
 from medclass.module import Classifier
 from medclass.module.checkpoint import model_meta
 from medclass.module.onnx import META_KEY, OnnxModel
-from medclass.module.tasks import probabilities
+from medclass.module.task_kinds import probabilities
 from medclass.utils.errors import MedclassError
 from medclass.utils.extras import require
 from medclass.utils.io import write_bytes, write_json

@@ -386,8 +386,8 @@ class ResumeGuard(L.Callback):
                 same_layout(fresh, state, f"lr_schedulers[{i}]", subset=True)
                 for key in SCHEDULE_LENGTH:
                     if key in state and state[key] != fresh.get(key):
-                        raise s.Invalid(f"lr_schedulers[{i}].{key} is {s._show(state[key])} where this run's "
-                                        f"schedule has {s._show(fresh.get(key))} (trainer.max_epochs, the data or "
+                        raise s.Invalid(f"lr_schedulers[{i}].{key} is {s.show(state[key])} where this run's "
+                                        f"schedule has {s.show(fresh.get(key))} (trainer.max_epochs, the data or "
                                         "the scheduler changed)")
             for i, (optimizer, state) in enumerate(zip(trainer.optimizers, self.copy.get("optimizer_states", []),
                                                        strict=False)):

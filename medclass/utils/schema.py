@@ -122,14 +122,15 @@ def _described(spec: Spec, check: Callable[[Any, str], Any]) -> Check:
     return described
 
 
-def _show(value: Any) -> str:
+def show(value: Any) -> str:
+    """A value as an error line may quote it: its repr, at most 60 characters (the readers' one-line errors)."""
     text = repr(value)
     return text if len(text) <= 60 else text[:57] + "..."
 
 
 def fail(where: str, value: Any, expected: str) -> Invalid:
     """`data_info.image_size=5000: expected ...`; the whole document (`where` empty) is shown without the `=`."""
-    return Invalid(f"{where}={_show(value)}: expected {expected}" if where else f"{_show(value)}: expected {expected}")
+    return Invalid(f"{where}={show(value)}: expected {expected}" if where else f"{show(value)}: expected {expected}")
 
 
 def text(max_len: int = 4096, pattern: str | None = None, hint: str = "") -> Check:
