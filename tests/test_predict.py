@@ -23,8 +23,8 @@ from medclass.tasks.predict import (
     predict_image,
     predict_images,
     run_predict,
-    write_outputs,
 )
+from medclass.tasks.prediction_files import write_outputs
 from medclass.utils.errors import MedclassError
 
 from .conftest import FAST, clean_tree, compose_train, run_script, save
