@@ -17,9 +17,12 @@ from omegaconf import DictConfig, open_dict
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
-# runs that keep the default paths.log_dir (subprocesses inherit it) write caches and splits here, not in the repo
-os.environ.setdefault("MEDCLASS_OUTPUTS", tempfile.mkdtemp(prefix="medclass-test-outputs-"))
-atexit.register(shutil.rmtree, os.environ["MEDCLASS_OUTPUTS"], True)
+# runs that keep the default paths.log_dir (subprocesses inherit it) write caches and splits here, not in the repo.
+# pytest-xdist's workers inherit the folder from the main process: only the process that made it removes it, at
+# its exit, after every worker has ended (a worker removing it would pull it from under the other's runs).
+if "MEDCLASS_OUTPUTS" not in os.environ:
+    os.environ["MEDCLASS_OUTPUTS"] = tempfile.mkdtemp(prefix="medclass-test-outputs-")
+    atexit.register(shutil.rmtree, os.environ["MEDCLASS_OUTPUTS"], True)
 CONF = ROOT / "conf"
 SHARED_DATA = Path(os.environ.get("MEDCLASS_DATA") or ROOT.parent / "shared" / "data")
 
