@@ -262,11 +262,15 @@ def classifier_from(model_file: ModelFile) -> Classifier:
 
 def load_network(path: str | Path, map_location: str | torch.device = "cpu") -> Network:
     """`load_classifier` without Lightning, for scoring (predict.py): the same reading, checks and weights."""
-    model_file = read_model_file(path)
+    return network_from(read_model_file(path)).to(map_location)
+
+
+def network_from(model_file: ModelFile) -> Network:
+    """The Network of a model file already read and checked (`read_model_file`), with its weights."""
     network = Network(model_file.hparams)
-    load_weights(network, model_file.state_dict, str(path))
+    load_weights(network, model_file.state_dict, str(model_file.path))
     network.model_file = model_file
-    return network.to(map_location)
+    return network
 
 
 def model_meta(module: Classifier | Network) -> dict[str, Any]:

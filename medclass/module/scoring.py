@@ -173,14 +173,12 @@ def fit_batch(model: Any, batch_size: int, cam: bool = False) -> int:
     return batch_size
 
 
-def check_described_network(path: str | Path, memory_mb: int, cam: bool, source: str) -> None:
-    """One image of the network a model file describes must fit `memory_mb`, measured on the meta device from the
-    description alone: before the weights are loaded and probed (a full-size forward pass), so a 2048 px
-    description is refused before it allocates anything."""
+def check_described_network(hparams: dict[str, Any], memory_mb: int, cam: bool, source: str) -> None:
+    """One image of the network a model file describes (`hparams`, checked) must fit `memory_mb`, measured on the
+    meta device from the description alone: before the weights are loaded and probed (a full-size forward pass),
+    so a 2048 px description is refused before it allocates anything."""
     from medclass.model import registry as model_registry
-    from medclass.module.checkpoint import read_hparams
 
-    hparams = read_hparams(path)
     info = hparams["data_info"]
     with torch.device("meta"):
         net = model_registry.build(hparams["net"], in_chans=info["in_chans"], num_classes=len(info["class_names"]),

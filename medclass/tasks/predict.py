@@ -288,15 +288,16 @@ def load_model(cfg: DictConfig) -> TorchModel | Any:
         model = OnnxModel(onnx)
         model.memory_mb, model.source = memory_mb, f"onnx_path={onnx}"  # its inputs and outputs count (no layers)
         return model
-    from medclass.module.checkpoint import load_network
+    from medclass.module.checkpoint import network_from, read_model_file
 
     device = cfg.get("device") or "auto"
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     from medclass.module import operating_file
 
-    check_described_network(ckpt, memory_mb, bool(cfg.get("cam")), f"ckpt_path={ckpt}")
-    module = load_network(ckpt)
+    model_file = read_model_file(ckpt)  # once: the description's cost is checked, then its weights are loaded
+    check_described_network(model_file.hparams, memory_mb, bool(cfg.get("cam")), f"ckpt_path={ckpt}")
+    module = network_from(model_file)
     return TorchModel(module, tta=cfg.get("tta"), device=device,
                       operating=operating_file.load(ckpt, default=module.model_file.operating), memory_mb=memory_mb,
                       tta_gflop=tta_gflop, source=f"ckpt_path={ckpt}")
