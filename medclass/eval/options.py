@@ -13,6 +13,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from medclass.module.hparams import to_plain
 from medclass.utils.errors import MedclassError
 
 
@@ -30,10 +31,6 @@ def _fraction(cfg: DictConfig, key: str, optional: bool = False) -> float | None
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < float(value) <= 1:
         raise MedclassError(f"{key}={value!r} is not a number in (0, 1]; e.g. {key}=0.9")
     return float(value)
-
-
-def _plain(value: Any) -> Any:
-    return OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
 
 
 @dataclass(frozen=True)
@@ -73,11 +70,11 @@ class EvalOptions:
                    bootstrap_seed=_whole(cfg, "bootstrap_seed", 0),
                    sensitivity=float(_fraction(cfg, "operating_point.sensitivity") or 0.0),
                    subgroups=tuple(str(c) for c in (cfg.subgroups or [])),
-                   subgroup_bins=dict(_plain(cfg.subgroup_bins) or {}),
+                   subgroup_bins=dict(to_plain(cfg.subgroup_bins) or {}),
                    subgroup_min_count=_whole(cfg, "subgroup_min_count", 1),
                    abstain_accuracy=accuracy, abstain_coverage=coverage,
                    external_root=str(external) if external else None,
-                   external_class_map=_plain(OmegaConf.select(cfg, "external.class_map", throw_on_missing=True)),
+                   external_class_map=to_plain(OmegaConf.select(cfg, "external.class_map", throw_on_missing=True)),
                    model_card=bool(cfg.model_card))
 
     @property

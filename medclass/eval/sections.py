@@ -16,17 +16,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from omegaconf import OmegaConf
 
 from medclass.eval.options import EvalOptions
+from medclass.module.hparams import to_plain
 from medclass.utils.errors import MedclassError
 from medclass.utils.io import save_figure, write_csv, write_json, write_text
 
 log = logging.getLogger("medclass")
-
-
-def _plain(value: Any) -> Any:
-    return OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
 
 
 # -- subgroups ----------------------------------------------------------------------------------------------
@@ -48,7 +44,7 @@ def subgroup_columns(wanted: Sequence[str], bins: Mapping[str, Any], rows: list[
         if column in bins:
             from medclass.eval.subgroups import bin_values
 
-            values = bin_values(values, list(_plain(bins[column])), column)
+            values = bin_values(values, list(to_plain(bins[column])), column)
         elif len(set(values)) > 20 and all(_numeric(v) for v in values if v):
             raise MedclassError(f"subgroups=[{column}]: {len(set(values))} distinct numbers; bin them, e.g. "
                                 f"'subgroup_bins.{column}=[0,40,65,120]'")

@@ -20,7 +20,7 @@ from typing import Any
 from lightning.pytorch.loggers import Logger, MLFlowLogger, TensorBoardLogger, WandbLogger
 from omegaconf import DictConfig, OmegaConf
 
-from medclass.module.classifier import to_plain as plain
+from medclass.module.hparams import to_plain as plain
 
 RUN_FILES = ("metrics.json", "config.yaml", "split.csv")
 

@@ -14,20 +14,16 @@ from typing import Any
 import lightning as L
 import torch
 from hydra.utils import instantiate
-from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from medclass.data import registry as data_registry
 from medclass.model import registry as model_registry
 from medclass.module.finetune import freeze_named_layers, set_backbone_frozen, split_parameters
+from medclass.module.hparams import to_plain
 from medclass.module.losses import class_weights as weights_for
 from medclass.module.losses import make_loss
 from medclass.module.task_kinds import make_metrics
 from medclass.module.tta import averaged_probabilities, tta_views
 from medclass.utils.errors import MedclassError
-
-
-def to_plain(cfg: Any) -> Any:
-    return OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, (DictConfig, ListConfig)) else cfg
 
 
 class Classifier(L.LightningModule):

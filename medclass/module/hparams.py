@@ -13,6 +13,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from omegaconf import OmegaConf
+
 from medclass.data import registry as data_registry
 from medclass.model import registry as model_registry
 from medclass.module.losses import LOSSES
@@ -20,6 +22,12 @@ from medclass.module.task_kinds import TASKS
 from medclass.module.tta import MODES
 from medclass.untrusted.tables import CLASS_NAME
 from medclass.utils import schema as s
+
+
+def to_plain(value: Any) -> Any:
+    """A composed config (DictConfig, ListConfig) as plain dicts and lists, interpolations resolved; anything else
+    as it is. What a checkpoint records and what eval's options hold: no OmegaConf object, so no pickle."""
+    return OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
 
 MAX_IMAGE_SIZE = 2048  # 2048² × 4 channels × 4 bytes = 64 MB a float image: bounded memory per image
 MAX_CLASSES = 100_000

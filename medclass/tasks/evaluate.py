@@ -12,10 +12,11 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from medclass.data import registry as data_registry
 from medclass.eval.options import EvalOptions
+from medclass.module.hparams import to_plain
 from medclass.utils.errors import MedclassError
 from medclass.utils.io import write_json
 
@@ -68,7 +69,7 @@ def data_description(hparams: dict[str, Any], sealed: bool, cfg: DictConfig) -> 
     if not described:
         raise MedclassError(f"{cfg.ckpt_path} records no data to evaluate on (it was trained outside train.py); "
                             "score it from Python with Trainer.test, or retrain with train.py")
-    given = OmegaConf.to_container(cfg.data, resolve=True) if cfg.get("data") else {}
+    given = to_plain(cfg.data) if cfg.get("data") else {}
     overrides = {k: v for k, v in given.items() if v is not None}
     machine = {k: overrides.pop(k) for k in data_registry.MACHINE_KEYS if k in overrides}
     check_named_paths(described, overrides, sealed, cfg)

@@ -18,7 +18,7 @@ from medclass.data import ClassificationDataModule
 from medclass.logger import log_final_hparams, log_run_files, tracked_run
 from medclass.model import pretrained_normalization
 from medclass.module import Classifier
-from medclass.module.classifier import to_plain as plain
+from medclass.module.hparams import to_plain as plain
 from medclass.tasks.build import build_trainer, instantiate_all, scalars
 from medclass.tasks.resume import Resume
 from medclass.utils.errors import MedclassError
