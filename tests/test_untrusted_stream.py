@@ -200,7 +200,8 @@ def prepared(tmp_path_factory: pytest.TempPathFactory) -> Path:
 # -- what is refused, before LitData opens anything -----------------------------------------------------------------
 @pytest.mark.parametrize("name", list(ATTACKS))
 def test_a_hostile_folder_is_one_line_at_once(name: str, prepared: Path, tmp_path: Path) -> None:
-    refused(build_attack(name, prepared, tmp_path / "set"), tmp_path, ATTACKS[name][1], setup_only=True)
+    line = refused(build_attack(name, prepared, tmp_path / "set"), tmp_path, ATTACKS[name][1], setup_only=True)
+    assert str(tmp_path / "set") in line, line  # the line names the file of the set at fault
 
 
 @pytest.mark.parametrize("name", ["overstated", "truncated", "fifo", "devzero", "shadow_link", "missing", "dotdot"])
@@ -216,7 +217,8 @@ def test_a_hostile_folder_read_as_a_bucket_is_checked_before_any_download(name: 
 # -- what is refused when LitData first opens a chunk ----------------------------------------------------------------
 @pytest.mark.parametrize("name", list(CONTENT))
 def test_a_chunk_whose_bytes_differ_from_the_table_is_one_line(name: str, prepared: Path, tmp_path: Path) -> None:
-    refused(build_attack(name, prepared, tmp_path / "set"), tmp_path, CONTENT[name][1])
+    line = refused(build_attack(name, prepared, tmp_path / "set"), tmp_path, CONTENT[name][1])
+    assert str(tmp_path / "set") in line, line  # the line names the chunk at fault
 
 
 def _cached(prepared: Path, tmp_path: Path) -> tuple[str, Path]:
@@ -255,7 +257,9 @@ def test_a_stale_index_in_the_cache_is_refused(prepared: Path, tmp_path: Path) -
     index = json.loads((cache / "index.json").read_text())
     index["config"]["compression"] = "zstd"
     (cache / "index.json").write_text(json.dumps(index))
-    refused(url, tmp_path, r"index.json, LitData's copy of local:.*train/index.json, differs from the index checked")
+    line = refused(url, tmp_path, r"index.json, LitData's copy of local:.*train/index.json, differs from the index "
+                                  "checked")
+    assert str(cache) in line, line  # names the cached copy, where the user can delete it
 
 
 # -- legitimate data is read -----------------------------------------------------------------------------------------

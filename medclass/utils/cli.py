@@ -247,7 +247,7 @@ def expand_home(argv: Sequence[str]) -> list[str]:
     return out
 
 
-# The command-line flags of `hydra.main` (its argparse parser is private, hydra._internal.utils.get_args_parser):
+# The command-line flags of `hydra.main`, whose argparse parser is not public API:
 # those that take a value, the one whose value is optional, and switches. tests/test_train_cli.py holds these
 # sets equal to Hydra's own parser, so a Hydra release that changes its flags fails there, not here at run time.
 HYDRA_VALUE_FLAGS = frozenset({"--cfg", "-c", "--package", "-p", "--config-path", "-cp", "--config-name", "-cn",
